@@ -1,0 +1,102 @@
+"""`amvl <stage>`: argument parsing only; each subcommand calls amvl.stages.<stage>.run.
+
+Config comes either from YAML files (`--config config/config.yaml --run amvl`, for people) or
+as the JSON a Snakemake rule passes (`--config-json`, exactly the sections the stage reads).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from amvl import config as configuration
+from amvl.errors import UserError
+
+
+def stage_config(args, stage: str) -> dict:
+    if args.config_json:
+        return configuration.from_json(args.config_json)
+    loaded = configuration.load(*(args.config or ["config/config.yaml"]))
+    run = getattr(args, "run", None)
+    return configuration.resolve_run(loaded, run) if run else loaded
+
+
+def add_config_args(parser: argparse.ArgumentParser, with_run: bool = False) -> None:
+    parser.add_argument("--config", action="append", metavar="YAML", help="config file(s), later override earlier (default: config/config.yaml)")
+    parser.add_argument("--config-json", metavar="JSON", help="config sections as JSON (what the Snakemake rules pass)")
+    if with_run:
+        parser.add_argument("--run", help="name of the run in the config's `runs` (its overrides apply)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="amvl", description="AMVL pipeline stages (normally run by Snakemake).")
+    sub = parser.add_subparsers(dest="stage", required=True)
+
+    p = sub.add_parser("prepare", help="generate or import the benchmark into data/<dataset>/")
+    add_config_args(p)
+    p.add_argument("--out", type=Path, required=True, help="dataset folder to write, e.g. data/synthetic")
+
+    p = sub.add_parser("train", help="train one run with DeepSpeed (resumes from its last checkpoint)")
+    add_config_args(p, with_run=True)
+    p.add_argument("--data", type=Path, required=True, help="prepared dataset folder")
+    p.add_argument("--out", type=Path, required=True, help="run folder, e.g. runs/amvl")
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+
+    p = sub.add_parser("convert", help="DeepSpeed checkpoint -> models/<run>/ (safetensors)")
+    add_config_args(p)
+    p.add_argument("--run-dir", type=Path, required=True, help="run folder written by `amvl train`")
+    p.add_argument("--out", type=Path, required=True, help="model folder to write")
+
+    p = sub.add_parser("evaluate", help="score the val split with latents from the prior")
+    add_config_args(p, with_run=True)
+    p.add_argument("--model", type=Path, required=True, help="model folder written by `amvl convert`")
+    p.add_argument("--data", type=Path, required=True, help="prepared dataset folder")
+    p.add_argument("--out", type=Path, required=True, help="results folder, e.g. results/amvl")
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+
+    p = sub.add_parser("report", help="write reports/report.md and its figures")
+    add_config_args(p)
+    p.add_argument("--metrics", type=Path, nargs="+", required=True, help="results/<run>/metrics.json files")
+    p.add_argument("--summaries", type=Path, nargs="+", required=True, help="runs/<run>/train_summary.json files")
+    p.add_argument("--out", type=Path, required=True, help="report folder")
+    return parser
+
+
+def dispatch(args) -> None:
+    cfg = stage_config(args, args.stage)
+    if args.stage == "prepare":
+        from amvl.stages import prepare
+
+        prepare.run(cfg, args.out)
+    elif args.stage == "train":
+        from amvl.stages import train
+
+        train.run(cfg, args.data, args.out, threads=args.threads)
+    elif args.stage == "convert":
+        from amvl.stages import convert
+
+        convert.run(cfg, args.run_dir, args.out)
+    elif args.stage == "evaluate":
+        from amvl.stages import evaluate
+
+        metrics = evaluate.run(cfg, args.model, args.data, args.out, threads=args.threads)
+        print(f"macro accuracy {metrics['macro_accuracy']:.3f}  micro {metrics['micro_accuracy']:.3f}")
+    elif args.stage == "report":
+        from amvl.stages import report
+
+        report.run(cfg, args.metrics, args.summaries, args.out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        dispatch(args)
+    except UserError as e:
+        print(f"amvl {args.stage}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,146 @@
+"""Load, validate and resolve configs against workflow/schemas/config.schema.yaml.
+
+The schema is the single definition of every key (type, default, description). This module
+only applies it: it fills defaults, turns the first violation into one line naming the key,
+and resolves a run (its overrides deep-merged over the base sections).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from amvl.errors import ConfigError
+
+SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml"
+
+# The sections each stage reads: Snakemake passes exactly these to a rule, so editing a key
+# reruns the stages that read it and nothing upstream.
+STAGE_SECTIONS = {
+    "prepare": ["dataset", "data"],
+    "train": ["model", "objective", "train"],
+    "convert": [],
+    "evaluate": ["evaluate"],
+    "report": [],
+}
+
+
+def load_schema() -> dict:
+    with open(SCHEMA_PATH) as f:
+        return yaml.safe_load(f)
+
+
+def _with_defaults(validator_class):
+    """A validator that fills `default` values before checking properties (jsonschema FAQ)."""
+    check_properties = validator_class.VALIDATORS["properties"]
+
+    def fill_then_check(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for key, subschema in properties.items():
+                if "default" in subschema and key not in instance:
+                    instance[key] = copy.deepcopy(subschema["default"])  # never share the default
+        yield from check_properties(validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(validator_class, {"properties": fill_then_check})
+
+
+_DefaultingValidator = _with_defaults(jsonschema.Draft202012Validator)
+
+
+def _one_line(error: jsonschema.ValidationError, prefix: str) -> str:
+    path = ".".join(str(p) for p in error.absolute_path)
+    if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+        allowed = set(error.schema.get("properties", {}))
+        unknown = sorted(k for k in error.instance if k not in allowed)
+        key = ".".join(filter(None, [prefix, path, unknown[0] if unknown else ""]))
+        return f"{key}: unknown key (allowed: {', '.join(sorted(allowed))})"
+    key = ".".join(filter(None, [prefix, path])) or "<top level>"
+    return f"{key}: {error.message}"
+
+
+def validate(config: dict, *, prefix: str = "", schema: dict | None = None) -> dict:
+    """Validate `config` in place, fill defaults and return it; raise ConfigError naming the key."""
+    if not isinstance(config, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {type(config).__name__}")
+    validator = _DefaultingValidator(schema or load_schema())
+    error = jsonschema.exceptions.best_match(validator.iter_errors(config))
+    if error is not None:
+        raise ConfigError(_one_line(error, prefix))
+    return config
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def load(*paths: str | Path) -> dict:
+    """Read YAML files (later ones override earlier ones), validate every run, fill defaults."""
+    config: dict = {}
+    for path in paths:
+        try:
+            with open(path) as f:
+                loaded = yaml.safe_load(f) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: config file not found") from None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level")
+        config = deep_merge(config, loaded)
+    return check_runs(validate(config))
+
+
+def check_runs(config: dict) -> dict:
+    """Validate each run's merged config so a bad override names `runs.<run>.<key>`."""
+    for run in config["runs"]:
+        resolve_run(config, run)
+    return config
+
+
+def resolve_run(config: dict, run: str) -> dict:
+    """The base sections with the run's overrides merged in, validated, without `runs`."""
+    if run not in config["runs"]:
+        raise ConfigError(f"runs.{run}: no such run (defined: {', '.join(config['runs'])})")
+    base = {k: v for k, v in config.items() if k != "runs"}
+    merged = validate(deep_merge(base, config["runs"][run]), prefix=f"runs.{run}")
+    merged.pop("runs")  # the schema's default; a run has no runs of its own
+    return merged
+
+
+def stage_config(config: dict, stage: str, run: str | None = None) -> dict:
+    """The sections `stage` reads (for one run if given): what Snakemake passes to the rule."""
+    resolved = resolve_run(config, run) if run else config
+    return {section: resolved[section] for section in STAGE_SECTIONS[stage]}
+
+
+def from_json(text: str) -> dict:
+    """Parse the JSON a Snakemake rule passes and fill defaults of sections it did not pass."""
+    try:
+        config = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"--config-json: not valid JSON ({e})") from None
+    config = validate(config)
+    config.pop("runs")
+    return config
+
+
+class Section(dict):
+    """Read-only attribute access to a validated config section: `cfg.train.lr`."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            value = self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+        return Section(value) if isinstance(value, dict) else value

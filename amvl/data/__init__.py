@@ -1,0 +1,1 @@
+"""Datasets: BLINK's parquet schema, the synthetic mini-BLINK, and batching."""

@@ -1,0 +1,114 @@
+"""BLINK's parquet schema: write it, read it back, and reject rows that break it.
+
+A row has `idx, question, sub_task, image_1..image_4, choices, answer, prompt, explanation`.
+Images are Hugging Face `datasets` Image features: a struct of `bytes` and `path`, null where a
+question has fewer than four images. Answers are "(A)", "(B)", ... indexing `choices`.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import pyarrow.parquet as pq
+from PIL import Image
+
+from amvl.errors import UserError
+
+IMAGE_COLUMNS = [f"image_{i}" for i in range(1, 5)]
+COLUMNS = ["idx", "question", "sub_task", *IMAGE_COLUMNS, "choices", "answer", "prompt", "explanation"]
+LETTERS = "ABCDEFGH"
+
+
+def letter(index: int) -> str:
+    """0 -> "(A)"."""
+    return f"({LETTERS[index]})"
+
+
+def blink_prompt(question: str, choices: list[str]) -> str:
+    """The prompt BLINK stores in its `prompt` column."""
+    options = "\n".join(f"{letter(i)} {choice}" for i, choice in enumerate(choices))
+    return f"{question}\nSelect from the following choices.\n{options}"
+
+
+def features():
+    import datasets  # imported here: it is slow to import and only writing needs it
+
+    image = datasets.Image()
+    return datasets.Features(
+        {
+            "idx": datasets.Value("string"),
+            "question": datasets.Value("string"),
+            "sub_task": datasets.Value("string"),
+            **{column: image for column in IMAGE_COLUMNS},
+            "choices": datasets.Sequence(datasets.Value("string")),
+            "answer": datasets.Value("string"),
+            "prompt": datasets.Value("string"),
+            "explanation": datasets.Value("string"),
+        }
+    )
+
+
+def png_image(image: Image.Image) -> dict:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return {"bytes": buffer.getvalue(), "path": None}
+
+
+def write_split(rows: list[dict], path: Path) -> None:
+    """Write rows (images as PIL or None) to `path` atomically, in the Hugging Face layout."""
+    import datasets
+
+    columns = {name: [] for name in COLUMNS}
+    for row in rows:
+        for name in COLUMNS:
+            value = row.get(name)
+            if name in IMAGE_COLUMNS and value is not None:
+                value = png_image(value)
+            columns[name].append(value)
+    table = datasets.Dataset.from_dict(columns, features=features())
+    tmp = path.with_name(path.name + ".tmp")
+    table.to_parquet(str(tmp))
+    os.replace(tmp, path)
+
+
+def read_split(path: Path) -> list[dict]:
+    """Rows of a BLINK-layout parquet file with images decoded to RGB PIL images.
+
+    Raises UserError naming the file and row for a missing column, an image that does not
+    decode, empty choices, or an answer that is not one of the letters of its choices.
+    """
+    try:
+        table = pq.read_table(path)
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path}: not a readable parquet file ({e})") from None
+    missing = [c for c in COLUMNS if c not in table.column_names and c != "explanation"]
+    if missing:
+        raise UserError(f"{path}: missing column {', '.join(missing)}")
+    rows = table.to_pylist()
+    for row in rows:
+        where = f"{path}: row idx={row['idx']}"
+        choices = row["choices"] or []
+        if not choices:
+            raise UserError(f"{where}: empty choices")
+        valid = [letter(i) for i in range(len(choices))]
+        if row["answer"] not in valid:
+            raise UserError(f"{where}: answer {row['answer']!r} is not one of {', '.join(valid)}")
+        images = []
+        for column in IMAGE_COLUMNS:
+            cell = row.pop(column)
+            if cell is None or (cell.get("bytes") is None and cell.get("path") is None):
+                continue
+            try:
+                data = cell["bytes"] if cell.get("bytes") is not None else Path(cell["path"]).read_bytes()
+                image = Image.open(io.BytesIO(data))
+                image.load()
+            except Exception as e:  # PIL raises many types for corrupt data
+                raise UserError(f"{where}: {column} does not decode as an image ({type(e).__name__})") from None
+            images.append(image.convert("RGB"))
+        if not images:
+            raise UserError(f"{where}: no images")
+        row["images"] = images
+        row.setdefault("explanation", "")
+    return rows

@@ -1,0 +1,62 @@
+"""Turn benchmark rows into token ids and pixels, and examples into batches.
+
+The prompt follows Qwen2.5-VL's chat format: each image is `<|vision_start|>`, one
+`<|image_pad|>` per merged patch, `<|vision_end|>`, in the order image_1..image_4, then the row's
+prompt. The target is the answer letter as BLINK writes it, "(A)", then `<|im_end|>`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from amvl.data.blink import letter
+from amvl.model.backbone import IM_END, IM_START, IMAGE_PAD, MERGE, VISION_END, VISION_START
+
+
+@dataclass
+class Example:
+    """One question, tokenized: what the model needs, independent of batch layout."""
+
+    idx: str
+    sub_task: str
+    prompt_ids: list[int]
+    answer_ids: list[int]  # the gold answer, "(X)<|im_end|>"
+    choice_ids: list[list[int]]  # every option's answer, in letter order
+    answer_index: int
+    pixel_values: torch.Tensor  # (patches, channels * temporal * patch * patch)
+    image_grid_thw: torch.Tensor  # (images, 3)
+
+
+def prompt_text(prompt: str, grids: torch.Tensor) -> str:
+    images = "".join(f"{VISION_START}{IMAGE_PAD * int(g.prod() // MERGE**2)}{VISION_END}" for g in grids)
+    return f"{IM_START}user\n{images}{prompt}{IM_END}\n{IM_START}assistant\n"
+
+
+def encode(row: dict, tokenizer, image_processor) -> Example:
+    pixels = image_processor(images=row["images"], return_tensors="pt")
+    grids = pixels["image_grid_thw"]
+    choice_ids = [tokenizer(letter(i) + IM_END).input_ids for i in range(len(row["choices"]))]
+    answer_index = "ABCDEFGH".index(row["answer"][1])
+    return Example(
+        idx=row["idx"],
+        sub_task=row["sub_task"],
+        prompt_ids=tokenizer(prompt_text(row["prompt"], grids)).input_ids,
+        answer_ids=choice_ids[answer_index],
+        choice_ids=choice_ids,
+        answer_index=answer_index,
+        pixel_values=pixels["pixel_values"],
+        image_grid_thw=grids,
+    )
+
+
+def collate(examples: list[Example]) -> dict:
+    """A batch: token lists stay ragged (the model lays them out), pixels are concatenated."""
+    return {
+        "prompt_ids": [e.prompt_ids for e in examples],
+        "answer_ids": [e.answer_ids for e in examples],
+        "pixel_values": torch.cat([e.pixel_values for e in examples]),
+        "image_grid_thw": torch.cat([e.image_grid_thw for e in examples]),
+        "images_per_example": [len(e.image_grid_thw) for e in examples],
+    }

@@ -1,0 +1,1 @@
+"""Scoring predictions on BLINK-style benchmarks."""

@@ -1,0 +1,122 @@
+"""Build a small Qwen2.5-VL from config, with a tokenizer and image processor made offline.
+
+The model is the real `transformers` Qwen2.5-VL architecture (vision tower, merger, mRoPE
+decoder) at a size that trains on a laptop CPU. The tokenizer is a byte-level BPE trained on
+the training prompts, with Qwen's chat and vision special tokens plus the latent slot tokens.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from transformers import (
+    AutoTokenizer,
+    PreTrainedTokenizerFast,
+    Qwen2_5_VLConfig,
+    Qwen2_5_VLForConditionalGeneration,
+)
+from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+PATCH, MERGE = 14, 2
+PAD, IM_START, IM_END = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
+VISION_START, VISION_END, IMAGE_PAD, VIDEO_PAD = "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"
+QWEN_SPECIALS = [PAD, IM_START, IM_END, VISION_START, VISION_END, IMAGE_PAD, VIDEO_PAD]
+
+
+def slot_tokens(k: int) -> tuple[list[str], list[str]]:
+    """Placeholder tokens of the k prior slots (P) and the k posterior slots (Q)."""
+    return [f"<|prior_slot_{i}|>" for i in range(k)], [f"<|posterior_slot_{i}|>" for i in range(k)]
+
+
+def build_tokenizer(corpus: list[str], vocab_size: int, k: int) -> PreTrainedTokenizerFast:
+    """A byte-level BPE trained on `corpus` (deterministic, well under a second)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    prior, posterior = slot_tokens(k)
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=QWEN_SPECIALS + prior + posterior,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    bpe.train_from_iterator(corpus, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token=IM_END, pad_token=PAD)
+
+
+def build_image_processor(image_size: int) -> Qwen2VLImageProcessorPil:
+    """Qwen2-VL's PIL image processor with explicit settings (no hub, no torchvision).
+
+    Images keep their size up to 4x the benchmark's pixel count, so one 14-pixel cell is one patch.
+    """
+    return Qwen2VLImageProcessorPil(
+        patch_size=PATCH,
+        merge_size=MERGE,
+        temporal_patch_size=2,
+        min_pixels=(PATCH * MERGE) ** 2,
+        max_pixels=4 * image_size * image_size,
+        image_mean=[0.5, 0.5, 0.5],
+        image_std=[0.5, 0.5, 0.5],
+    )
+
+
+def mrope_sections(head_dim: int) -> list[int]:
+    """Temporal/height/width split of the rotary half-dimension (7B: 128 -> [16, 24, 24])."""
+    half = head_dim // 2
+    spatial = 3 * half // 8
+    return [half - 2 * spatial, spatial, spatial]
+
+
+def build_small_qwen(model_cfg, tokenizer: PreTrainedTokenizerFast) -> Qwen2_5_VLForConditionalGeneration:
+    """A randomly initialised Qwen2.5-VL of the size in the `model` config section."""
+    import torch
+
+    hidden, heads = model_cfg.hidden_size, model_cfg.heads
+    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in QWEN_SPECIALS}
+    config = Qwen2_5_VLConfig(
+        text_config=dict(
+            vocab_size=len(tokenizer),
+            hidden_size=hidden,
+            intermediate_size=model_cfg.intermediate_size,
+            num_hidden_layers=model_cfg.layers,
+            num_attention_heads=heads,
+            num_key_value_heads=model_cfg.kv_heads,
+            max_position_embeddings=4096,
+            rope_parameters={"rope_type": "default", "rope_theta": 1e4, "mrope_section": mrope_sections(hidden // heads)},
+            bos_token_id=None,
+            eos_token_id=ids[IM_END],
+            pad_token_id=ids[PAD],
+        ),
+        vision_config=dict(
+            depth=model_cfg.vision_depth,
+            hidden_size=hidden,
+            intermediate_size=2 * hidden,
+            num_heads=heads,
+            out_hidden_size=hidden,
+            fullatt_block_indexes=[model_cfg.vision_depth - 1],
+            patch_size=PATCH,
+            spatial_merge_size=MERGE,
+            temporal_patch_size=2,
+        ),
+        image_token_id=ids[IMAGE_PAD],
+        video_token_id=ids[VIDEO_PAD],
+        vision_start_token_id=ids[VISION_START],
+        vision_end_token_id=ids[VISION_END],
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(model_cfg.init_seed)
+    return Qwen2_5_VLForConditionalGeneration(config)
+
+
+def save_processors(folder: Path, tokenizer, image_processor) -> None:
+    tokenizer.save_pretrained(folder)
+    image_processor.save_pretrained(folder)
+
+
+def load_processors(folder: Path):
+    """Tokenizer and image processor saved by `save_processors` (or a real Qwen2.5-VL folder)."""
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    image_processor = Qwen2VLImageProcessorPil.from_pretrained(folder)
+    return tokenizer, image_processor

@@ -1,0 +1,131 @@
+"""Diagonal Gaussians, their KL, KL-weight schedules and the objective registry.
+
+Needs only torch, so the AMVL loss can be lifted into any trainer:
+
+    prior = DiagGaussian(mean_p, logvar_p)          # batch x k x d, never sees the answer
+    posterior = DiagGaussian(mean_q, logvar_q)      # sees the answer; training only
+    objective = build_objective("amvl", beta={"max": 0.05}, gamma={"start": 50, "max": 0.05})
+    terms = objective(ntp_loss, prior, posterior, step)
+    terms["loss"].backward()
+
+AMVL (AMVL.md section 1):  L = L_ntp + beta(t) KL(sg[q] || p) + gamma(t) KL(sg[p] || q).
+The forward term trains only the prior; the reverse term trains only the posterior.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class DiagGaussian:
+    """A diagonal Gaussian over k latent slots: mean and log-variance, each batch x k x d."""
+
+    mean: torch.Tensor
+    logvar: torch.Tensor
+
+    @property
+    def std(self) -> torch.Tensor:
+        return torch.exp(0.5 * self.logvar)
+
+    def sample(self, tau: float = 1.0) -> torch.Tensor:
+        """Reparameterised draw mean + tau * sigma * eps (tau = 0 returns the mean)."""
+        if tau == 0:
+            return self.mean
+        return self.mean + tau * self.std * torch.randn_like(self.mean)
+
+    def detach(self) -> "DiagGaussian":
+        """The stop-gradient sg[.] of the method: same values, no gradient to the head."""
+        return DiagGaussian(self.mean.detach(), self.logvar.detach())
+
+
+def gaussian_kl(a: DiagGaussian, b: DiagGaussian, slot_reduction: str = "mean") -> torch.Tensor:
+    """KL(a || b) per example, shape (batch,): summed over d, then mean (or sum) over slots.
+
+    Computed in float32 even when the heads run in bf16, so small KLs do not round to zero.
+    """
+    mean_a, logvar_a = a.mean.float(), a.logvar.float()
+    mean_b, logvar_b = b.mean.float(), b.logvar.float()
+    per_dim = 0.5 * (logvar_b - logvar_a + (logvar_a.exp() + (mean_a - mean_b) ** 2) / logvar_b.exp() - 1.0)
+    per_slot = per_dim.sum(-1)
+    return per_slot.mean(-1) if slot_reduction == "mean" else per_slot.sum(-1)
+
+
+@dataclass
+class Schedule:
+    """A weight that is 0 before `start`, rises linearly over `ramp` steps, then stays at `max`."""
+
+    start: int = 0
+    ramp: int = 0
+    max: float = 0.0
+
+    def __call__(self, step: int) -> float:
+        if step < self.start:
+            return 0.0
+        if self.ramp == 0:
+            return self.max
+        return self.max * min(1.0, (step - self.start + 1) / self.ramp)
+
+
+class KLObjective:
+    """L_ntp plus weighted KL terms; `forward_kl` / `reverse_kl` say which terms are on.
+
+    forward_kl: KL(sg[q] || p), weight beta, gradient to the prior only.
+    reverse_kl: KL(sg[p] || q), weight gamma, gradient to the posterior only.
+    joint_kl:   KL(q || p),     weight beta, gradient to both (plain ELBO).
+    """
+
+    latent_source = "posterior"  # the decoder reads Z ~ q during training
+
+    def __init__(self, terms: set[str], beta: Schedule, gamma: Schedule, slot_reduction: str = "mean"):
+        self.terms, self.beta, self.gamma, self.slot_reduction = terms, beta, gamma, slot_reduction
+
+    def __call__(self, ntp_loss: torch.Tensor, prior: DiagGaussian, posterior: DiagGaussian, step: int) -> dict:
+        beta, gamma = self.beta(step), self.gamma(step)
+        kl = lambda a, b: gaussian_kl(a, b, self.slot_reduction).mean()  # noqa: E731
+        out = {"ntp": ntp_loss, "beta": torch.tensor(beta), "gamma": torch.tensor(gamma)}
+        loss = ntp_loss
+        if "joint_kl" in self.terms:
+            out["kl_joint"] = kl(posterior, prior)
+            loss = loss + beta * out["kl_joint"]
+        if "forward_kl" in self.terms:
+            out["kl_forward"] = kl(posterior.detach(), prior)
+            loss = loss + beta * out["kl_forward"]
+        if "reverse_kl" in self.terms:
+            out["kl_reverse"] = kl(prior.detach(), posterior)
+            loss = loss + gamma * out["kl_reverse"]
+        out["loss"] = loss
+        return out
+
+
+def _schedule(value) -> Schedule:
+    return value if isinstance(value, Schedule) else Schedule(**(value or {}))
+
+
+def _swap_starts(beta: Schedule, gamma: Schedule) -> tuple[Schedule, Schedule]:
+    return Schedule(gamma.start, beta.ramp, beta.max), Schedule(beta.start, gamma.ramp, gamma.max)
+
+
+# name -> the KL terms it uses. Baselines without latents arrive with the model issue.
+OBJECTIVES = {
+    "elbo": {"joint_kl"},
+    "fwd": {"forward_kl"},
+    "rev": {"reverse_kl"},
+    "amvl": {"forward_kl", "reverse_kl"},
+    "amvl_reverse_first": {"forward_kl", "reverse_kl"},
+}
+
+
+def build_objective(name: str, beta=None, gamma=None, kl_slot_reduction: str = "mean") -> KLObjective:
+    """The objective `name` (see OBJECTIVES) with beta/gamma schedules given as dicts or Schedules.
+
+    `amvl_reverse_first` takes the same schedules as `amvl` and swaps their start steps.
+    """
+    if name not in OBJECTIVES:
+        raise ValueError(f"unknown objective {name!r} (known: {', '.join(OBJECTIVES)})")
+    beta, gamma = _schedule(beta), _schedule(gamma)
+    if name == "amvl_reverse_first":
+        beta, gamma = _swap_starts(beta, gamma)
+    return KLObjective(OBJECTIVES[name], beta, gamma, kl_slot_reduction)

@@ -1,0 +1,172 @@
+"""train: the latent Qwen2.5-VL on the prepared train split, through a DeepSpeed engine.
+
+runs/<run>/
+  skeleton/          tokenizer, image processor, model configs (what `convert` rebuilds from)
+  checkpoints/       resumable DeepSpeed checkpoints, the last `keep_checkpoints` of them
+  train_log.jsonl    one line per `log_every` steps: every loss term, beta, gamma, lr, speed
+  train_summary.json written last: the final checkpoint and metrics (the rule's output)
+
+Rerunning after a kill resumes from the newest checkpoint. Batches and latent noise are pure
+functions of (seed, step), so a resumed run sees exactly what an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from amvl.config import Section
+from amvl.data.blink import read_split
+from amvl.data.collate import collate, encode
+from amvl.distributed import check_checkpoint_safe, import_deepspeed, latest_tag
+from amvl.errors import UserError
+from amvl.io import atomic_dir, write_json, write_text
+from amvl.model.backbone import build_image_processor, build_small_qwen, build_tokenizer, save_processors
+from amvl.model.latent import save_skeleton, wrap_backbone
+from amvl.objectives import build_objective
+
+
+@functools.lru_cache(maxsize=4)
+def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+def batch_indices(step: int, micro: int, cfg, n: int) -> list[int]:
+    """Rows of micro-batch `micro` of optimizer step `step`: an endless stream of seeded epochs."""
+    first = (step * cfg.grad_accum + micro) * cfg.batch_size
+    positions = [divmod(position, n) for position in range(first, first + cfg.batch_size)]
+    return [int(epoch_order(cfg.seed, epoch, n)[offset]) for epoch, offset in positions]
+
+
+def lr_factor(step: int, cfg) -> float:
+    """Linear warm-up, then cosine decay to 10% of the peak."""
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def deepspeed_config(cfg) -> dict:
+    path = Path(cfg.deepspeed_config)
+    try:
+        ds = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"train.deepspeed_config: {path} not found") from None
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}: not valid JSON ({e})") from None
+    ds.update(
+        train_micro_batch_size_per_gpu=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum,
+        gradient_clipping=cfg.grad_clip,
+        steps_per_print=10**9,
+    )
+    return ds
+
+
+def build(cfg: Section, rows: list[dict], run_dir: Path):
+    """Tokenizer, image processor and model, all deterministic from the config and the data."""
+    corpus = [row["prompt"] + row["answer"] for row in rows]
+    tokenizer = build_tokenizer(corpus, cfg.model.vocab_size, cfg.model.latent_slots)
+    image_processor = build_image_processor(max(image.width for image in rows[0]["images"]))
+    model = wrap_backbone(build_small_qwen(cfg.model, tokenizer), tokenizer, cfg.model)
+    with atomic_dir(run_dir / "skeleton") as folder:
+        save_processors(folder, tokenizer, image_processor)
+        save_skeleton(model, folder)
+    return tokenizer, image_processor, model
+
+
+def resume(engine, checkpoint_dir: Path, log_path: Path) -> int:
+    """Load the newest checkpoint if any; drop log lines written after it. Returns the next step."""
+    tag = latest_tag(checkpoint_dir)
+    if tag is None:
+        log_path.unlink(missing_ok=True)
+        return 0
+    check_checkpoint_safe(checkpoint_dir / tag)
+    _, client_state = engine.load_checkpoint(str(checkpoint_dir), tag=tag)
+    step = client_state["step"]
+    if log_path.exists():
+        kept = [line for line in log_path.read_text().splitlines() if json.loads(line)["step"] <= step]
+        write_text(log_path, "".join(line + "\n" for line in kept))
+    return step
+
+
+def save_checkpoint(engine, checkpoint_dir: Path, step: int, keep: int) -> str:
+    tag = f"step_{step:07d}"
+    engine.save_checkpoint(str(checkpoint_dir), tag=tag, client_state={"step": step})  # writes `latest` last
+    for old in sorted(p for p in checkpoint_dir.glob("step_*") if p.is_dir())[:-keep]:
+        shutil.rmtree(old)
+    return tag
+
+
+def run(cfg: dict, data_dir: Path, run_dir: Path, threads: int | None = None) -> dict:
+    cfg = Section(cfg)
+    train = cfg.train
+    if train.threads or threads:
+        torch.set_num_threads(train.threads or threads)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint_dir, log_path = run_dir / "checkpoints", run_dir / "train_log.jsonl"
+
+    rows = read_split(Path(data_dir) / "train.parquet")
+    tokenizer, image_processor, model = build(cfg, rows, run_dir)
+    examples = [encode(row, tokenizer, image_processor) for row in rows]
+    objective = build_objective(
+        cfg.objective.name, cfg.objective.beta, cfg.objective.gamma, cfg.objective.kl_slot_reduction
+    )
+
+    deepspeed = import_deepspeed()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=train.lr, weight_decay=train.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, train))
+    engine, _, _, _ = deepspeed.initialize(
+        model=model, optimizer=optimizer, lr_scheduler=scheduler, config=deepspeed_config(train)
+    )
+    start = resume(engine, checkpoint_dir, log_path)
+
+    columns = [TextColumn("[bold]train"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+               TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TimeRemainingColumn()]
+    terms, tag, tick, tokens = {}, latest_tag(checkpoint_dir), time.perf_counter(), 0
+    with Progress(*columns) as progress, open(log_path, "a") as log:
+        task = progress.add_task("train", total=train.steps, completed=start, status="")
+        for step in range(start, train.steps):
+            for micro in range(train.grad_accum):
+                torch.manual_seed(train.seed * 1_000_003 + step * train.grad_accum + micro)  # latent noise
+                batch = collate([examples[i] for i in batch_indices(step, micro, train, len(examples))])
+                out = engine(batch, latent_source=objective.latent_source)
+                terms = objective(out["ntp_loss"], out["prior"], out["posterior"], step)
+                if not torch.isfinite(terms["loss"]):
+                    raise UserError(f"non-finite loss at step {step}; last good checkpoint: {checkpoint_dir / str(tag)}")
+                engine.backward(terms["loss"])
+                engine.step()
+                tokens += sum(len(p) + len(a) for p, a in zip(batch["prompt_ids"], batch["answer_ids"]))
+            done = step + 1
+            if done % train.log_every == 0 or done == train.steps:
+                elapsed, tick = time.perf_counter() - tick, time.perf_counter()
+                record = {"step": done, **{k: round(v.item(), 6) for k, v in terms.items()},
+                          "sigma_prior": out["prior"].std.mean().item(), "sigma_posterior": out["posterior"].std.mean().item(),
+                          "lr": scheduler.get_last_lr()[0], "tokens_per_s": round(tokens / elapsed, 1)}
+                tokens = 0
+                log.write(json.dumps(record) + "\n")
+                log.flush()
+                progress.update(task, status=f"loss {record['loss']:.3f} ntp {record['ntp']:.3f}")
+            if done % train.checkpoint_every == 0 or done == train.steps:
+                tag = save_checkpoint(engine, checkpoint_dir, done, train.keep_checkpoints)
+            progress.update(task, completed=done)
+
+    records = [json.loads(line) for line in log_path.read_text().splitlines()]
+    summary = {
+        "steps": train.steps,
+        "tag": latest_tag(checkpoint_dir),
+        "zero_stage": engine.zero_optimization_stage(),
+        "objective": cfg.objective.name,
+        "final": records[-1] if records else {},
+    }
+    write_json(run_dir / "train_summary.json", summary)
+    return summary

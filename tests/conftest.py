@@ -1,0 +1,60 @@
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from amvl.config import Section, validate
+
+REPO = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+def tool_env() -> dict:
+    """Environment for subprocesses: this interpreter's scripts (amvl, snakemake, dvc) first."""
+    env = dict(os.environ)
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
+def run_tool(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run(args, cwd=cwd, env=tool_env(), capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return result
+
+
+def copy_project(dest: Path) -> Path:
+    """The workflow files of this checkout, without any outputs, in `dest`."""
+    for name in ("Snakefile", "dvc.yaml", ".dvcignore", ".gitignore", "pyproject.toml"):
+        shutil.copy2(REPO / name, dest / name)
+    for name in ("workflow", "config", "amvl", "envs", ".dvc"):
+        shutil.copytree(REPO / name, dest / name, ignore=shutil.ignore_patterns("__pycache__", "tmp", "cache"))
+    return dest
+
+
+@pytest.fixture
+def tiny_cfg() -> Section:
+    """The smoke-sized config, defaults filled, as the stages receive it."""
+    return Section(
+        validate(
+            {
+                "data": {"train_size": 6, "val_size": 4},
+                "model": {"vocab_size": 320, "freeze_vision": False},
+                "train": {"steps": 4, "batch_size": 2, "warmup_steps": 1, "checkpoint_every": 2, "log_every": 1},
+                "evaluate": {"batch_size": 4},
+            }
+        )
+    )
+
+
+@pytest.fixture(scope="session")
+def prepared_data(tmp_path_factory) -> Path:
+    """A small synthetic dataset written by the prepare stage."""
+    from amvl.stages import prepare
+
+    out = tmp_path_factory.mktemp("data") / "synthetic"
+    prepare.run(validate({"data": {"train_size": 6, "val_size": 4}}), out)
+    return out

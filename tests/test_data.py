@@ -1,0 +1,85 @@
+import collections
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from amvl.config import validate
+from amvl.data import synthetic
+from amvl.data.blink import COLUMNS, read_split, write_split
+from amvl.errors import ConfigError, UserError
+from amvl.stages import prepare
+
+
+def test_prepare_is_deterministic_to_the_byte(tmp_path):
+    cfg = validate({"data": {"train_size": 4, "val_size": 3, "seed": 7}})
+    prepare.run(cfg, tmp_path / "a")
+    prepare.run(cfg, tmp_path / "b")
+    for split in ("train", "val"):
+        assert (tmp_path / "a" / f"{split}.parquet").read_bytes() == (tmp_path / "b" / f"{split}.parquet").read_bytes()
+    other = validate({"data": {"train_size": 4, "val_size": 3, "seed": 8}})
+    prepare.run(other, tmp_path / "c")
+    assert (tmp_path / "a" / "val.parquet").read_bytes() != (tmp_path / "c" / "val.parquet").read_bytes()
+
+
+def test_parquet_has_blink_schema_with_image_structs(prepared_data):
+    table = pq.read_table(prepared_data / "val.parquet")
+    assert table.column_names == COLUMNS
+    assert table.schema.field("image_1").type == pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    rows = read_split(prepared_data / "val.parquet")
+    similarity = [r for r in rows if r["sub_task"] == "Visual_Similarity"]
+    assert all(len(r["images"]) == 3 for r in similarity)
+    assert all(r["prompt"].startswith(r["question"] + "\nSelect from the following choices.\n(A) ") for r in rows)
+
+
+@pytest.mark.parametrize("subtask", sorted(synthetic.SUBTASKS))
+def test_answer_letters_are_balanced_and_valid(subtask):
+    _, options = synthetic.SUBTASKS[subtask]
+    rows = synthetic.generate(subtask, "train", 8 * options, seed=0, image_size=112)
+    letters = collections.Counter(r["answer"] for r in rows)
+    assert len(letters) == options and len(set(letters.values())) == 1
+    assert all(len(r["choices"]) == options and len(set(r["choices"])) == options for r in rows)
+
+
+def test_unknown_subtask_names_the_key(tmp_path):
+    with pytest.raises(ConfigError, match="data.subtasks: unknown subtask 'Nope'"):
+        prepare.run(validate({"data": {"subtasks": ["Nope"]}}), tmp_path / "d")
+
+
+def write_bad(tmp_path, mutate):
+    rows = synthetic.generate("Counting", "val", 3, seed=0, image_size=112)
+    mutate(rows)
+    path = tmp_path / "bad.parquet"
+    write_split(rows, path)
+    return path
+
+
+def test_answer_outside_the_choices_names_the_row(tmp_path):
+    path = write_bad(tmp_path, lambda rows: rows[1].update(answer="(E)"))
+    with pytest.raises(UserError, match=r"row idx=val_Counting_2: answer '\(E\)' is not one of"):
+        read_split(path)
+
+
+def test_corrupt_image_names_the_row_and_column(tmp_path):
+    path = tmp_path / "bad.parquet"
+    rows = synthetic.generate("Counting", "val", 2, seed=0, image_size=112)
+    write_split(rows, path)
+    table = pq.read_table(path).to_pylist()
+    table[0]["image_1"] = {"bytes": b"not a png", "path": None}
+    pq.write_table(pa.Table.from_pylist(table, schema=pq.read_schema(path)), path)
+    with pytest.raises(UserError, match="row idx=val_Counting_1: image_1 does not decode"):
+        read_split(path)
+
+
+def test_missing_column_names_the_file(tmp_path):
+    path = tmp_path / "bad.parquet"
+    pq.write_table(pa.table({"idx": ["1"], "question": ["q"]}), path)
+    with pytest.raises(UserError, match="bad.parquet: missing column sub_task"):
+        read_split(path)
+
+
+def test_images_decode_to_the_configured_size(prepared_data):
+    row = read_split(prepared_data / "val.parquet")[0]
+    assert isinstance(row["images"][0], Image.Image)
+    assert row["images"][0].size == (validate({})["data"]["image_size"],) * 2

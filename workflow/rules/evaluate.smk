@@ -1,0 +1,17 @@
+rule evaluate:
+    input:
+        model="models/{run}",
+        val=f"{DATA}/val.parquet",
+    output:
+        "results/{run}/metrics.json",
+    params:
+        config=lambda w: stage_json("evaluate", w.run),
+        data=lambda w, input: os.path.dirname(input.val),
+    threads: workflow.cores
+    conda:
+        "../../envs/amvl.yaml"
+    log:
+        "logs/evaluate/{run}.log",
+    shell:
+        "amvl evaluate --config-json {params.config:q} --model {input.model} --data {params.data}"
+        " --out results/{wildcards.run} --threads {threads} 2>&1 | tee {log}"

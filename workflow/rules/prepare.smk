@@ -1,0 +1,14 @@
+rule prepare:
+    output:
+        train=f"{DATA}/train.parquet",
+        val=f"{DATA}/val.parquet",
+        meta=f"{DATA}/dataset.json",
+    params:
+        config=stage_json("prepare"),
+        out=lambda w, output: os.path.dirname(output.train),
+    conda:
+        "../../envs/amvl.yaml"
+    log:
+        "logs/prepare.log",
+    shell:
+        "amvl prepare --config-json {params.config:q} --out {params.out} 2>&1 | tee {log}"

@@ -1,0 +1,19 @@
+# Only train_summary.json is declared: Snakemake deletes a job's declared outputs before it
+# reruns, and the checkpoints under runs/<run>/checkpoints/ must survive a kill to resume.
+rule train:
+    input:
+        train=f"{DATA}/train.parquet",
+        deepspeed=lambda w: amvl_config.resolve_run(config, w.run)["train"]["deepspeed_config"],
+    output:
+        "runs/{run}/train_summary.json",
+    params:
+        config=lambda w: stage_json("train", w.run),
+        data=lambda w, input: os.path.dirname(input.train),
+    threads: workflow.cores
+    conda:
+        "../../envs/amvl.yaml"
+    log:
+        "logs/train/{run}.log",
+    shell:
+        "amvl train --config-json {params.config:q} --data {params.data} --out runs/{wildcards.run}"
+        " --threads {threads} 2>&1 | tee {log}"
