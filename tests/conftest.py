@@ -13,8 +13,13 @@ BIN = Path(sys.executable).parent
 
 
 def tool_env() -> dict:
-    """Environment for subprocesses: this interpreter's scripts (amvl, snakemake, dvc) first."""
-    env = dict(os.environ)
+    """Environment for subprocesses: this interpreter's scripts (amvl, snakemake, dvc) first.
+
+    In-process training tests pose as rank 0 of a one-process group (and hold its port); a
+    child must start its own group, not join that one.
+    """
+    launcher = {"MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "WORLD_SIZE"}
+    env = {k: v for k, v in os.environ.items() if k not in launcher}
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
     return env
 

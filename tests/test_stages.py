@@ -86,3 +86,15 @@ def test_convert_refuses_a_checkpoint_that_pickles_code(trained, tmp_path):
 def test_convert_without_training_names_the_missing_file(tmp_path):
     with pytest.raises(UserError, match="train_summary.json: not found"):
         convert.run({}, tmp_path / "nothing", tmp_path / "out")
+
+
+def test_checkpoints_of_another_config_are_not_resumed(trained, tmp_path, prepared_data):
+    cfg, run_dir, _ = trained
+    changed = tmp_path / "amvl"
+    shutil.copytree(run_dir, changed)
+    other = json.loads(json.dumps(cfg))
+    other["train"].update(steps=2, lr=0.01)
+    train.run(other, prepared_data, changed)
+    records = [json.loads(line) for line in (changed / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2]  # from scratch, not from the step-4 checkpoint
+    assert sorted(p.name for p in (changed / "checkpoints").glob("step_*")) == ["step_0000002"]

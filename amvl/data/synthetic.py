@@ -4,11 +4,19 @@ Every subtask mimics a BLINK subtask's question style and image count, in BLINK'
 Images are drawn on a grid of 28-pixel cells, one cell per merged image token (2x2 patches of
 14 pixels), so that each object lands in exactly one token the language model reads. Everything is a function of the seed.
 
-| subtask           | images | options | chance | what it takes                                  |
-|-------------------|-------:|--------:|-------:|------------------------------------------------|
-| Counting          | 1      | 4       | 25%    | count coloured squares (1-6)                   |
-| Spatial_Relation  | 1      | 2       | 50%    | compare the columns of two named squares       |
-| Visual_Similarity | 3      | 2       | 50%    | which candidate differs less from the reference|
+| subtask           | images | options | chance | what it takes                                         |
+|-------------------|-------:|--------:|-------:|-------------------------------------------------------|
+| Counting          | 1      | 4       | 25%    | count 1-4 coloured squares; options are 1..4 in order |
+| Spatial_Relation  | 1      | 2       | 50%    | is the red square left of the blue one (same row)?    |
+| Visual_Similarity | 3      | 2       | 50%    | the close candidate moves one square, the far one     |
+|                   |        |         |        | recolours every square                                |
+
+Measured with the default model (2 layers, width 64, 84-pixel images): Counting and
+Visual_Similarity are learned within about 500 steps. Spatial_Relation stays at chance: the
+vision tower has no absolute position embedding, so reading a column from pixels is slow to
+learn from scratch (a tiny model learned it only when the background encoded the column).
+Counting with shuffled number options also stayed at chance: matching a count to the letter that
+holds it is a second step the small model did not find in 1,000 steps.
 """
 
 from __future__ import annotations
@@ -22,14 +30,7 @@ from amvl.data.blink import blink_prompt, letter
 
 CELL = 28
 BACKGROUND = (235, 235, 235)
-COLORS = {
-    "red": (220, 40, 40),
-    "blue": (40, 70, 220),
-    "green": (40, 170, 60),
-    "yellow": (230, 200, 30),
-    "purple": (140, 50, 170),
-    "orange": (240, 130, 20),
-}
+COLORS = {"red": (220, 40, 40), "blue": (40, 70, 220), "green": (40, 170, 60)}
 
 
 def draw_cells(image_size: int, cells: dict[tuple[int, int], tuple[int, int, int]]) -> Image.Image:
@@ -46,21 +47,14 @@ def random_cells(rng: np.random.Generator, grid: int, count: int) -> list[tuple[
     return [(int(i) // grid, int(i) % grid) for i in flat]
 
 
-def place_answer(rng: np.random.Generator, correct: str, distractors: list[str], answer_index: int) -> list[str]:
-    """Choices with `correct` at `answer_index` and the distractors shuffled around it."""
-    others = [distractors[i] for i in rng.permutation(len(distractors))]
-    return others[:answer_index] + [correct] + others[answer_index:]
-
-
 def counting(rng, image_size, answer_index):
     grid = image_size // CELL
-    count = int(rng.integers(1, min(6, grid * grid) + 1))
+    count = answer_index + 1  # options "1".."4" in order, so the balanced letter sets the count
     palette = list(COLORS.values())
     cells = {cell: palette[rng.integers(len(palette))] for cell in random_cells(rng, grid, count)}
-    wrong = [str(n) for n in rng.permutation([n for n in range(1, 7) if n != count])[:3]]
     return dict(
         question="How many coloured squares are in the image?",
-        choices=place_answer(rng, str(count), wrong, answer_index),
+        choices=["1", "2", "3", "4"],
         images=[draw_cells(image_size, cells)],
         explanation=f"There are {count} coloured squares.",
     )
@@ -68,12 +62,12 @@ def counting(rng, image_size, answer_index):
 
 def spatial_relation(rng, image_size, answer_index):
     grid = image_size // CELL
-    first, second = rng.choice(list(COLORS), size=2, replace=False)
+    first, second = rng.permutation(["red", "blue"])
     left_col, right_col = sorted(rng.choice(grid, size=2, replace=False))
-    rows = rng.integers(grid, size=2)
+    row = int(rng.integers(grid))
     is_left = answer_index == 0  # choices are always [yes, no], as in BLINK
     first_col, second_col = (left_col, right_col) if is_left else (right_col, left_col)
-    cells = {(int(rows[0]), int(first_col)): COLORS[first], (int(rows[1]), int(second_col)): COLORS[second]}
+    cells = {(row, int(first_col)): COLORS[first], (row, int(second_col)): COLORS[second]}
     return dict(
         question=f"Is the {first} square to the left of the {second} square?",
         choices=["yes", "no"],
@@ -87,23 +81,22 @@ def visual_similarity(rng, image_size, answer_index):
     palette = list(COLORS.values())
     reference = {cell: palette[rng.integers(len(palette))] for cell in random_cells(rng, grid, grid * grid // 2)}
 
-    def edited(changes: int) -> dict:
-        cells = dict(reference)
-        for cell in random_cells(rng, grid, changes):
-            if cell in cells:
-                del cells[cell]
-            else:
-                cells[cell] = palette[rng.integers(len(palette))]
-        return cells
-
-    close, far = edited(1), edited(grid * grid // 2)
+    close = dict(reference)
+    for cell in random_cells(rng, grid, 1):  # one cell toggled
+        if cell in close:
+            del close[cell]
+        else:
+            close[cell] = palette[rng.integers(len(palette))]
+    # Same layout, every square a different colour: far in colour, not in position.
+    far = {cell: palette[(palette.index(c) + 1 + rng.integers(len(palette) - 1)) % len(palette)] for cell, c in reference.items()}
     candidates = [close, far] if answer_index == 0 else [far, close]
     return dict(
         question="Given three similar but different images, take the first image as reference. "
         "Can you tell which one of the latter two images is most similar to the first one?",
         choices=["The second image", "The third image"],
         images=[draw_cells(image_size, c) for c in (reference, *candidates)],
-        explanation=f"The {'second' if answer_index == 0 else 'third'} image differs from the reference in one cell.",
+        explanation=f"The {'second' if answer_index == 0 else 'third'} image differs from the reference in one cell;"
+        " the other recolours every square.",
     )
 
 

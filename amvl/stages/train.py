@@ -13,6 +13,7 @@ functions of (seed, step), so a resumed run sees exactly what an uninterrupted o
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import math
 import shutil
@@ -83,6 +84,27 @@ def build(cfg: Section, rows: list[dict], run_dir: Path):
     return tokenizer, image_processor, model
 
 
+def fingerprint(cfg: dict, train_file: Path) -> dict:
+    """What a checkpoint must share with this run to be resumed: the config and the data."""
+    size = train_file.stat().st_size
+    digest = hashlib.sha256()
+    with open(train_file, "rb") as f:  # both ends: cheap on a large file, and parquet ends in its footer
+        digest.update(f.read(1 << 20))
+        f.seek(max(0, size - (1 << 20)))
+        digest.update(f.read())
+    return {"config": cfg, "train_file_size": size, "train_file_sha256_ends": digest.hexdigest()}
+
+
+def claim_checkpoints(checkpoint_dir: Path, identity: dict) -> None:
+    """Keep checkpoints only if they were written for this exact config and data."""
+    stamp = checkpoint_dir / "run_identity.json"
+    if checkpoint_dir.exists() and (not stamp.exists() or json.loads(stamp.read_text()) != identity):
+        print(f"{checkpoint_dir}: written for another config or dataset; training from scratch")
+        shutil.rmtree(checkpoint_dir)
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    write_json(stamp, identity)
+
+
 def resume(engine, checkpoint_dir: Path, log_path: Path) -> int:
     """Load the newest checkpoint if any; drop log lines written after it. Returns the next step."""
     tag = latest_tag(checkpoint_dir)
@@ -106,6 +128,18 @@ def save_checkpoint(engine, checkpoint_dir: Path, step: int, keep: int) -> str:
     return tag
 
 
+def log_record(step: int, terms: dict, out: dict, lr: float, tokens_per_s: float) -> dict:
+    """One train_log.jsonl line: every loss term, the KL weights, and where the sigmas sit."""
+    return {
+        "step": step,
+        **{name: round(value.item(), 6) for name, value in terms.items()},
+        "sigma_prior": out["prior"].std.mean().item(),
+        "sigma_posterior": out["posterior"].std.mean().item(),
+        "lr": lr,
+        "tokens_per_s": round(tokens_per_s, 1),
+    }
+
+
 def run(cfg: dict, data_dir: Path, run_dir: Path, threads: int | None = None) -> dict:
     cfg = Section(cfg)
     train = cfg.train
@@ -114,7 +148,9 @@ def run(cfg: dict, data_dir: Path, run_dir: Path, threads: int | None = None) ->
     run_dir.mkdir(parents=True, exist_ok=True)
     checkpoint_dir, log_path = run_dir / "checkpoints", run_dir / "train_log.jsonl"
 
-    rows = read_split(Path(data_dir) / "train.parquet")
+    train_file = Path(data_dir) / "train.parquet"
+    rows = read_split(train_file)
+    claim_checkpoints(checkpoint_dir, fingerprint(dict(cfg), train_file))
     tokenizer, image_processor, model = build(cfg, rows, run_dir)
     examples = [encode(row, tokenizer, image_processor) for row in rows]
     objective = build_objective(
@@ -149,9 +185,7 @@ def run(cfg: dict, data_dir: Path, run_dir: Path, threads: int | None = None) ->
             done = step + 1
             if done % train.log_every == 0 or done == train.steps:
                 elapsed, tick = time.perf_counter() - tick, time.perf_counter()
-                record = {"step": done, **{k: round(v.item(), 6) for k, v in terms.items()},
-                          "sigma_prior": out["prior"].std.mean().item(), "sigma_posterior": out["posterior"].std.mean().item(),
-                          "lr": scheduler.get_last_lr()[0], "tokens_per_s": round(tokens / elapsed, 1)}
+                record = log_record(done, terms, out, scheduler.get_last_lr()[0], tokens / elapsed)
                 tokens = 0
                 log.write(json.dumps(record) + "\n")
                 log.flush()
