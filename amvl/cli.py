@@ -55,6 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="results folder, e.g. results/amvl")
     p.add_argument("--threads", type=int, help="torch CPU threads")
 
+    p = sub.add_parser("data", help="look at datasets")
+    data = p.add_subparsers(dest="data_command", required=True)
+    inspect = data.add_parser("inspect", help="counts per split and subtask; every problem, one line each")
+    inspect.add_argument("path", type=Path, help="a BLINK root (one folder per subtask) or a prepared data/<dataset>/")
+
     p = sub.add_parser("report", help="write reports/report.md and its figures")
     add_config_args(p)
     p.add_argument("--metrics", type=Path, nargs="+", required=True, help="results/<run>/metrics.json files")
@@ -63,7 +68,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def dispatch(args) -> None:
+def inspect_data(path: Path) -> int:
+    from amvl.data.inspect import format_summary, inspect
+
+    summary, problems = inspect(path)
+    print(format_summary(summary))
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    return 1 if problems else 0
+
+
+def dispatch(args) -> int:
+    if args.stage == "data":
+        return inspect_data(args.path)
     cfg = stage_config(args, args.stage)
     if args.stage == "prepare":
         from amvl.stages import prepare
@@ -86,16 +103,16 @@ def dispatch(args) -> None:
         from amvl.stages import report
 
         report.run(cfg, args.metrics, args.summaries, args.out)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        dispatch(args)
+        return dispatch(args)
     except UserError as e:
         print(f"amvl {args.stage}: error: {e}", file=sys.stderr)
         return 2
-    return 0
 
 
 if __name__ == "__main__":

@@ -73,42 +73,59 @@ def write_split(rows: list[dict], path: Path) -> None:
     os.replace(tmp, path)
 
 
-def read_split(path: Path) -> list[dict]:
-    """Rows of a BLINK-layout parquet file with images decoded to RGB PIL images.
+def decode_row(row: dict, where: str, split: str = "val") -> tuple[list[Image.Image], list[str]]:
+    """The row's images (image_1..image_4 in order, RGB) and every problem found, each a line.
 
-    Raises UserError naming the file and row for a missing column, an image that does not
-    decode, empty choices, or an answer that is not one of the letters of its choices.
+    A validation row's answer must be one of the letters of its choices; a test row's answer
+    may also be BLINK's "hidden".
+    """
+    problems = []
+    choices = row.get("choices") or []
+    if not choices:
+        problems.append(f"{where}: empty choices")
+    valid = [letter(i) for i in range(len(choices))]
+    if row.get("answer") not in valid and not (split == "test" and row.get("answer") == "hidden"):
+        problems.append(f"{where}: answer {row.get('answer')!r} is not one of {', '.join(valid) or 'no choices'}")
+    images = []
+    for column in IMAGE_COLUMNS:
+        cell = row.get(column)
+        if cell is None or (cell.get("bytes") is None and cell.get("path") is None):
+            continue
+        try:
+            data = cell["bytes"] if cell.get("bytes") is not None else Path(cell["path"]).read_bytes()
+            image = Image.open(io.BytesIO(data))
+            image.load()
+            images.append(image.convert("RGB"))
+        except Exception as e:  # PIL raises many types for corrupt data
+            problems.append(f"{where}: {column} does not decode as an image ({type(e).__name__})")
+    if not images and not any(f"{where}: image_" in p for p in problems):
+        problems.append(f"{where}: no images")
+    return images, problems
+
+
+def missing_columns(column_names: list[str]) -> list[str]:
+    return [c for c in COLUMNS if c not in column_names and c != "explanation"]
+
+
+def read_split(path: Path, split: str = "val") -> list[dict]:
+    """Rows of a BLINK-layout parquet file, images decoded to RGB PIL images under `images`.
+
+    Raises UserError naming the file and row for the first problem (see `decode_row`).
     """
     try:
         table = pq.read_table(path)
     except (OSError, ValueError) as e:
         raise UserError(f"{path}: not a readable parquet file ({e})") from None
-    missing = [c for c in COLUMNS if c not in table.column_names and c != "explanation"]
+    missing = missing_columns(table.column_names)
     if missing:
         raise UserError(f"{path}: missing column {', '.join(missing)}")
     rows = table.to_pylist()
     for row in rows:
-        where = f"{path}: row idx={row['idx']}"
-        choices = row["choices"] or []
-        if not choices:
-            raise UserError(f"{where}: empty choices")
-        valid = [letter(i) for i in range(len(choices))]
-        if row["answer"] not in valid:
-            raise UserError(f"{where}: answer {row['answer']!r} is not one of {', '.join(valid)}")
-        images = []
+        images, problems = decode_row(row, f"{path}: row idx={row['idx']}", split)
+        if problems:
+            raise UserError(problems[0])
         for column in IMAGE_COLUMNS:
-            cell = row.pop(column)
-            if cell is None or (cell.get("bytes") is None and cell.get("path") is None):
-                continue
-            try:
-                data = cell["bytes"] if cell.get("bytes") is not None else Path(cell["path"]).read_bytes()
-                image = Image.open(io.BytesIO(data))
-                image.load()
-            except Exception as e:  # PIL raises many types for corrupt data
-                raise UserError(f"{where}: {column} does not decode as an image ({type(e).__name__})") from None
-            images.append(image.convert("RGB"))
-        if not images:
-            raise UserError(f"{where}: no images")
+            row.pop(column)
         row["images"] = images
         row.setdefault("explanation", "")
     return rows
