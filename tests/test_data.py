@@ -83,3 +83,38 @@ def test_images_decode_to_the_configured_size(prepared_data):
     row = read_split(prepared_data / "val.parquet")[0]
     assert isinstance(row["images"][0], Image.Image)
     assert row["images"][0].size == (validate({})["data"]["image_size"],) * 2
+
+
+def cell_colours(image, grid=3):
+    """Colour name (or None) at the centre of each 28-pixel cell, in reading order."""
+    names = {v: k for k, v in synthetic.COLORS.items()}
+    return [names.get(image.getpixel((c * 28 + 14, r * 28 + 14))) for r in range(grid) for c in range(grid)]
+
+
+def answer_text(row):
+    return row["choices"]["ABCD".index(row["answer"][1])]
+
+
+def test_iq_test_answer_continues_the_visible_cycle():
+    for row in synthetic.generate("IQ_Test", "val", 30, seed=3, image_size=84):
+        colours = cell_colours(row["image_1"])
+        visible, last = colours[:-1], colours[-1]
+        assert last is None
+        periods = [p for p in (2, 3) if all(visible[i] == visible[i + p] for i in range(len(visible) - p))]
+        assert periods, visible
+        assert visible[len(visible) - periods[0]] == answer_text(row)
+
+
+def test_jigsaw_answer_has_the_bottom_rows_colour():
+    for row in synthetic.generate("Jigsaw", "val", 20, seed=3, image_size=84):
+        colours = cell_colours(row["image_1"])
+        assert colours[-1] is None and colours[6] == colours[7]
+        chosen = row["image_2"] if row["answer"] == "(A)" else row["image_3"]
+        assert cell_colours(chosen)[0] == colours[6]
+
+
+def test_relative_depth_answer_is_the_larger_square():
+    for row in synthetic.generate("Relative_Depth", "val", 20, seed=3, image_size=84):
+        pixels = list(row["image_1"].getdata())
+        areas = {name: pixels.count(rgb) for name, rgb in synthetic.COLORS.items()}
+        assert f"the {max(areas, key=areas.get)} square" == answer_text(row)

@@ -2,7 +2,8 @@
 
 Every subtask mimics a BLINK subtask's question style and image count, in BLINK's schema.
 Images are drawn on a grid of 28-pixel cells, one cell per merged image token (2x2 patches of
-14 pixels), so that each object lands in exactly one token the language model reads. Everything is a function of the seed.
+14 pixels), so that each object lands in exactly one token the language model reads.
+Everything is a function of the seed.
 
 | subtask           | images | options | chance | what it takes                                         |
 |-------------------|-------:|--------:|-------:|-------------------------------------------------------|
@@ -10,6 +11,12 @@ Images are drawn on a grid of 28-pixel cells, one cell per merged image token (2
 | Spatial_Relation  | 1      | 2       | 50%    | is the red square left of the blue one (same row)?    |
 | Visual_Similarity | 3      | 2       | 50%    | the close candidate moves one square, the far one     |
 |                   |        |         |        | recolours every square                                |
+| Relative_Depth    | 1      | 2       | 50%    | which of two squares is closer; size is the cue       |
+| Jigsaw            | 3      | 2       | 50%    | two steps: the bottom row's colour, then the candidate|
+|                   |        |         |        | of that colour                                        |
+| IQ_Test           | 1      | 3       | 33%    | two steps: the period (2 or 3) of a colour cycle, then|
+|                   |        |         |        | the colour of the last cell; the majority colour is a |
+|                   |        |         |        | shortcut that holds for period 2 only                 |
 
 Measured with the default model (2 layers, width 64, 84-pixel images): Counting and
 Visual_Similarity are learned within about 500 steps. Spatial_Relation stays at chance: the
@@ -33,13 +40,19 @@ BACKGROUND = (235, 235, 235)
 COLORS = {"red": (220, 40, 40), "blue": (40, 70, 220), "green": (40, 170, 60)}
 
 
-def draw_cells(image_size: int, cells: dict[tuple[int, int], tuple[int, int, int]]) -> Image.Image:
-    """An image with a filled square (2-pixel margin) in each given (row, col) cell."""
+def draw_cells(image_size: int, cells: dict[tuple[int, int], tuple[int, int, int]], margins: dict | None = None) -> Image.Image:
+    """An image with a filled square in each given (row, col) cell, 2 pixels in from its edges
+    unless `margins` gives that cell another margin."""
     pixels = np.full((image_size, image_size, 3), BACKGROUND, dtype=np.uint8)
     for (row, col), color in cells.items():
-        top, left = row * CELL + 2, col * CELL + 2
-        pixels[top : top + CELL - 4, left : left + CELL - 4] = color
+        margin = (margins or {}).get((row, col), 2)
+        top, left = row * CELL + margin, col * CELL + margin
+        pixels[top : top + CELL - 2 * margin, left : left + CELL - 2 * margin] = color
     return Image.fromarray(pixels)
+
+
+def filled(image_size: int, color: tuple[int, int, int]) -> Image.Image:
+    return Image.fromarray(np.full((image_size, image_size, 3), color, dtype=np.uint8))
 
 
 def random_cells(rng: np.random.Generator, grid: int, count: int) -> list[tuple[int, int]]:
@@ -100,11 +113,72 @@ def visual_similarity(rng, image_size, answer_index):
     )
 
 
+def relative_depth(rng, image_size, answer_index):
+    grid = image_size // CELL
+    near, far_cell = random_cells(rng, grid, 2)
+    closer = ["red", "blue"][answer_index]
+    other = "blue" if closer == "red" else "red"
+    cells = {near: COLORS[closer], far_cell: COLORS[other]}
+    return dict(
+        question="Which square is closer to the camera?",
+        choices=["the red square", "the blue square"],
+        images=[draw_cells(image_size, cells, margins={near: 1, far_cell: 9})],  # size is the depth cue
+        explanation=f"The {closer} square looks larger, so it is closer.",
+    )
+
+
+def jigsaw(rng, image_size, answer_index):
+    """Rows are single-coloured; the missing corner takes its row's colour (find it, then match)."""
+    grid = image_size // CELL
+    names = list(COLORS)
+    row_colors = [names[rng.integers(len(names))] for _ in range(grid)]
+    cells = {(r, c): COLORS[row_colors[r]] for r in range(grid) for c in range(grid)}
+    del cells[(grid - 1, grid - 1)]
+    missing = row_colors[-1]
+    wrong = names[(names.index(missing) + 1 + rng.integers(len(names) - 1)) % len(names)]
+    candidates = [missing, wrong] if answer_index == 0 else [wrong, missing]
+    return dict(
+        question="Given the first image with the lower right corner missing, can you tell which one of the "
+        "second image or the third image is the missing part?",
+        choices=["The second image", "The third image"],
+        images=[draw_cells(image_size, cells)] + [filled(image_size, COLORS[c]) for c in candidates],
+        explanation=f"Every row has one colour; the bottom row is {missing}, so the missing part is {missing}.",
+    )
+
+
+def iq_test(rng, image_size, answer_index):
+    """Cells in reading order repeat a colour cycle of length 2 or 3; which colour fills the last?
+
+    Two steps: find the period, then extrapolate. Majority colour is a shortcut that holds for
+    period 2 and fails for period 3 (the answer is then the rarest visible colour).
+    """
+    grid = image_size // CELL
+    names = list(COLORS)
+    last = grid * grid - 1
+    period = int(rng.integers(2, 4))
+    cycle = [names[i] for i in rng.permutation(len(names))[:period]]
+    shift = (cycle.index(names[answer_index]) - last) % period if names[answer_index] in cycle else None
+    if shift is None:  # make the answer part of the cycle
+        cycle[last % period] = names[answer_index]
+        shift = 0
+    sequence = [cycle[(i + shift) % period] for i in range(last)]
+    cells = {(i // grid, i % grid): COLORS[c] for i, c in enumerate(sequence)}
+    return dict(
+        question="The squares, read row by row, follow a repeating pattern. Which colour should the last square have?",
+        choices=list(names),
+        images=[draw_cells(image_size, cells)],
+        explanation=f"The colours repeat every {period} squares, so the last one is {names[answer_index]}.",
+    )
+
+
 # name -> (generator, number of options)
 SUBTASKS: dict[str, tuple[Callable, int]] = {
     "Counting": (counting, 4),
     "Spatial_Relation": (spatial_relation, 2),
     "Visual_Similarity": (visual_similarity, 2),
+    "Relative_Depth": (relative_depth, 2),
+    "Jigsaw": (jigsaw, 2),
+    "IQ_Test": (iq_test, 3),
 }
 
 

@@ -133,16 +133,19 @@ class LatentReasoner(nn.Module):
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.cfg.freeze_vision):
             return self.backbone.model.get_image_features(pixel_values.to(visual_dtype), grids, return_dict=True)
 
-    def hidden_states(self, layout: Layout, embeds: torch.Tensor, grids: torch.Tensor, images) -> torch.Tensor:
-        ids = layout.ids.to(embeds.device)
-        attention = layout.attention_mask.to(embeds.device)
+    def positions(self, layout: Layout, grids: torch.Tensor) -> torch.Tensor:
+        """Qwen's 3-D mRoPE positions, (3, B, T). Computed from the ids here and passed explicitly:
+        with inputs_embeds alone the model would silently fall back to 1-D positions."""
+        ids, attention = layout.ids.to(grids.device), layout.attention_mask.to(grids.device)
         image_token = (ids == self.backbone.config.image_token_id).int()
-        # mRoPE positions from the ids: passing inputs_embeds alone would silently give 1-D positions.
         positions, _ = self.backbone.model.get_rope_index(ids, image_token, image_grid_thw=grids, attention_mask=attention)
+        return positions
+
+    def hidden_states(self, layout: Layout, embeds: torch.Tensor, positions: torch.Tensor, images) -> torch.Tensor:
         out = self.backbone.model(
-            input_ids=ids,
+            input_ids=layout.ids.to(embeds.device),
             inputs_embeds=embeds,
-            attention_mask=attention,
+            attention_mask=layout.attention_mask.to(embeds.device),
             position_ids=positions,
             mm_encoder_outputs={"image": images},
         )
@@ -173,14 +176,15 @@ class LatentReasoner(nn.Module):
         grids = batch["image_grid_thw"].to(device)
         images = self.encode_images(batch["pixel_values"].to(device), grids)
         embeds = self.backbone.get_input_embeddings()(layout.ids.to(device))
+        positions = self.positions(layout, grids)  # shared: both passes use the same layout
 
-        hidden = self.hidden_states(layout, embeds, grids, images)
+        hidden = self.hidden_states(layout, embeds, positions, images)
         prior = self.prior_head(hidden[:, self.slots(layout)])
         cols = layout.posterior_cols.to(device)[..., None].expand(-1, -1, hidden.shape[-1])
         posterior = self.posterior_head(hidden.gather(1, cols))
 
         z = posterior.sample() if latent_source == "posterior" else prior.mean
-        decoded = self.hidden_states(layout, self.with_latents(layout, embeds, z), grids, images)
+        decoded = self.hidden_states(layout, self.with_latents(layout, embeds, z), positions, images)
         ntp_loss = -self.answer_log_probs(decoded, layout).mean()
         return {"ntp_loss": ntp_loss, "prior": prior, "posterior": posterior}
 
@@ -193,7 +197,8 @@ class LatentReasoner(nn.Module):
         images = self.encode_images(batch["pixel_values"].to(device), grids)
         prefix = self.layout(batch["prompt_ids"], None, posterior=False)
         prefix_embeds = self.backbone.get_input_embeddings()(prefix.ids.to(device))
-        prior = self.prior_head(self.hidden_states(prefix, prefix_embeds, grids, images)[:, self.slots(prefix)])
+        prefix_hidden = self.hidden_states(prefix, prefix_embeds, self.positions(prefix, grids), images)
+        prior = self.prior_head(prefix_hidden[:, self.slots(prefix)])
         z = prior.sample(tau)
 
         # One decode row per (question, option); each row repeats its question's images and Z.
@@ -203,7 +208,9 @@ class LatentReasoner(nn.Module):
         features = [images.pooler_output[j] for j in image_rows]
         layout = self.layout([batch["prompt_ids"][i] for i in owner], [c for cs in choice_ids for c in cs], posterior=False)
         embeds = self.with_latents(layout, self.backbone.get_input_embeddings()(layout.ids.to(device)), z[owner])
-        hidden = self.hidden_states(layout, embeds, grids[image_rows], BaseModelOutputWithPooling(pooler_output=features))
+        hidden = self.hidden_states(
+            layout, embeds, self.positions(layout, grids[image_rows]), BaseModelOutputWithPooling(pooler_output=features)
+        )
         token_log_probs = self.answer_log_probs(hidden, layout)
         row_of_token = layout.answer_mask.nonzero()[:, 0].to(device)
         row_scores = torch.zeros(len(owner), device=device).index_add_(0, row_of_token, token_log_probs)
