@@ -26,8 +26,8 @@ def test_defaults_are_filled_from_the_schema():
 
 def test_defaults_are_not_shared_between_configs():
     first = config.validate({})
-    first["data"]["subtasks"].append("Jigsaw")
-    assert "Jigsaw" not in config.validate({})["data"]["subtasks"]
+    first["data"]["subtasks"].append("Added_Task")
+    assert "Added_Task" not in config.validate({})["data"]["subtasks"]
 
 
 @pytest.mark.parametrize(

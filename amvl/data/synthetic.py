@@ -18,8 +18,10 @@ Everything is a function of the seed.
 |                   |        |         |        | the colour of the last cell; the majority colour is a |
 |                   |        |         |        | shortcut that holds for period 2 only                 |
 
-Measured with the default model (2 layers, width 64, 84-pixel images): Counting and
-Visual_Similarity are learned within about 500 steps. Spatial_Relation stays at chance: the
+Measured with the default model (2 layers, width 64, 84-pixel images, all six subtasks mixed,
+batch 16, `amvl` objective; held-out accuracy at steps 500/1000/2000/3000): Counting
+88/100/100/100, IQ_Test 76/77/100/100, Relative_Depth 50/50/100/100, Visual_Similarity
+50/42/51/100, Jigsaw 50/50/50/62, Spatial_Relation 50 throughout. Spatial_Relation stays at chance: the
 vision tower has no absolute position embedding, so reading a column from pixels is slow to
 learn from scratch (a tiny model learned it only when the background encoded the column).
 Counting with shuffled number options also stayed at chance: matching a count to the letter that
