@@ -57,14 +57,15 @@ def png_image(image: Image.Image) -> dict:
 
 
 def write_split(rows: list[dict], path: Path) -> None:
-    """Write rows (images as PIL or None) to `path` atomically, in the Hugging Face layout."""
+    """Write rows (images as PIL, {bytes, path} structs or None) to `path` atomically, in the
+    Hugging Face layout."""
     import datasets
 
     columns = {name: [] for name in COLUMNS}
     for row in rows:
         for name in COLUMNS:
             value = row.get(name)
-            if name in IMAGE_COLUMNS and value is not None:
+            if name in IMAGE_COLUMNS and isinstance(value, Image.Image):
                 value = png_image(value)
             columns[name].append(value)
     table = datasets.Dataset.from_dict(columns, features=features())
@@ -76,16 +77,18 @@ def write_split(rows: list[dict], path: Path) -> None:
 def decode_row(row: dict, where: str, split: str = "val") -> tuple[list[Image.Image], list[str]]:
     """The row's images (image_1..image_4 in order, RGB) and every problem found, each a line.
 
-    A validation row's answer must be one of the letters of its choices; a test row's answer
-    may also be BLINK's "hidden".
+    A row with choices answers with one of their letters (a test row may also say BLINK's
+    "hidden"). Only training rows may instead have no choices and a free-text answer.
     """
     problems = []
     choices = row.get("choices") or []
-    if not choices:
-        problems.append(f"{where}: empty choices")
     valid = [letter(i) for i in range(len(choices))]
-    if row.get("answer") not in valid and not (split == "test" and row.get("answer") == "hidden"):
-        problems.append(f"{where}: answer {row.get('answer')!r} is not one of {', '.join(valid) or 'no choices'}")
+    if not choices and split != "train":
+        problems.append(f"{where}: empty choices")
+    elif not choices and not (row.get("answer") or "").strip():
+        problems.append(f"{where}: empty answer")
+    elif choices and row.get("answer") not in valid and not (split == "test" and row.get("answer") == "hidden"):
+        problems.append(f"{where}: answer {row.get('answer')!r} is not one of {', '.join(valid)}")
     images = []
     for column in IMAGE_COLUMNS:
         cell = row.get(column)

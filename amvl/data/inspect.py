@@ -50,7 +50,7 @@ def inspect(path: Path) -> tuple[dict, list[str]]:
                 if row["idx"] in seen:
                     problems.append(f"{where}: duplicate idx (also in {seen[row['idx']]})")
                 seen[row["idx"]] = file
-                _, row_problems = decode_row(row, where, "val" if split == "train" else split)
+                _, row_problems = decode_row(row, where, split)
                 problems += row_problems
                 stats = summary.setdefault(split, {}).setdefault(
                     row["sub_task"], {"questions": 0, "images": Counter(), "options": Counter()}

@@ -40,7 +40,7 @@ def run(cfg: dict, model_dir: Path, data_dir: Path, out_dir: Path, threads: int 
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(0)  # tau > 0 draws noise; the same draws every time
-    rows = limit_per_task(read_split(Path(data_dir) / f"{cfg.split}.parquet"), cfg.limit)
+    rows = limit_per_task(read_split(Path(data_dir) / f"{cfg.split}.parquet", split=cfg.split), cfg.limit)
     model = LatentReasoner.load(model_dir).eval()
     tokenizer, image_processor = load_processors(model_dir)
     examples = [encode(row, tokenizer, image_processor) for row in rows]

@@ -9,6 +9,7 @@ from rich.progress import track
 from amvl.config import Section
 from amvl.data import synthetic
 from amvl.data.blink import write_split
+from amvl.data.records import read_records
 from amvl.errors import ConfigError
 from amvl.io import atomic_dir, write_json
 
@@ -25,8 +26,12 @@ def run(cfg: dict, out_dir: Path) -> None:
         counts = {}
         for split in SPLITS:
             rows = []
-            for subtask in track(data.subtasks, description=f"generating {split}"):
-                rows += synthetic.generate(subtask, split, sizes[split], data.seed, data.image_size)
+            if split == "train" and data.train_records:
+                rows = read_records(Path(data.train_records))
+            else:
+                for subtask in track(data.subtasks, description=f"generating {split}"):
+                    rows += synthetic.generate(subtask, split, sizes[split], data.seed, data.image_size)
             write_split(rows, tmp / f"{split}.parquet")
             counts[split] = len(rows)
-        write_json(tmp / "dataset.json", {"source": data.source, "subtasks": list(data.subtasks), "rows": counts})
+        write_json(tmp / "dataset.json", {"source": data.source, "subtasks": list(data.subtasks),
+                                          "train_records": data.train_records, "rows": counts})

@@ -149,7 +149,7 @@ def run(cfg: dict, data_dir: Path, run_dir: Path, threads: int | None = None) ->
     checkpoint_dir, log_path = run_dir / "checkpoints", run_dir / "train_log.jsonl"
 
     train_file = Path(data_dir) / "train.parquet"
-    rows = read_split(train_file)
+    rows = read_split(train_file, split="train")
     claim_checkpoints(checkpoint_dir, fingerprint(dict(cfg), train_file))
     tokenizer, image_processor, model = build(cfg, rows, run_dir)
     examples = [encode(row, tokenizer, image_processor) for row in rows]

@@ -1,4 +1,7 @@
 rule prepare:
+    input:
+        # The records file, when one is configured (the images it points to are not tracked).
+        records=[config["data"]["train_records"]] if config["data"]["train_records"] else [],
     output:
         train=f"{DATA}/train.parquet",
         val=f"{DATA}/val.parquet",

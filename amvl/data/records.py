@@ -1,0 +1,99 @@
+"""The training-record format: any training set, one JSON object (or parquet row) per sample.
+
+    {"id": "gqa-17",                         # unique
+     "images": ["images/17.jpg"],            # 1-4 images: paths (relative to the file's folder)
+                                             #   or, in parquet, {"bytes": ..., "path": ...} structs
+     "question": "What is left of the cup?",
+     "choices": ["a fork", "a knife"],       # optional; with choices the answer is a letter or a choice
+     "answer": "(B)",                        #   without choices, free text
+     "rationale": "The knife lies ...",      # optional
+     "source": "gqa"}                        # optional; becomes the row's sub_task
+
+`read_records` checks every record and converts it to a training row in BLINK's schema, which
+`prepare` writes as data/<dataset>/train.parquet.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from amvl.data.blink import IMAGE_COLUMNS, blink_prompt, letter
+from amvl.errors import UserError
+
+
+def load(path: Path) -> list[dict]:
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: training-record file not found")
+    if path.suffix == ".parquet":
+        return pq.read_table(path).to_pylist()
+    records = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise UserError(f"{path}: line {number} is not JSON ({e.msg})") from None
+    return records
+
+
+def image_cell(image, folder: Path, where: str) -> dict:
+    """A `datasets` Image struct with the bytes read in, so prepared data stands alone."""
+    if isinstance(image, str):
+        image = {"path": image, "bytes": None}
+    if not isinstance(image, dict) or (image.get("bytes") is None and not image.get("path")):
+        raise UserError(f"{where}: images must be paths or {{bytes, path}} structs")
+    if image.get("bytes") is not None:
+        return {"bytes": image["bytes"], "path": image.get("path")}
+    file = folder / image["path"]
+    if not file.exists():
+        raise UserError(f"{where}: image {file} not found")
+    return {"bytes": file.read_bytes(), "path": image["path"]}
+
+
+def to_row(record: dict, folder: Path, where: str) -> dict:
+    for key in ("id", "images", "question", "answer"):
+        if not record.get(key):
+            raise UserError(f"{where}: missing {key!r}")
+    images = record["images"]
+    if not 1 <= len(images) <= len(IMAGE_COLUMNS):
+        raise UserError(f"{where}: {len(images)} images; BLINK rows hold 1 to {len(IMAGE_COLUMNS)}")
+    choices = [str(c) for c in record.get("choices") or []]
+    answer = str(record["answer"])
+    if choices:
+        if answer in choices:  # the option's text stands for its letter
+            answer = letter(choices.index(answer))
+        if answer not in [letter(i) for i in range(len(choices))]:
+            raise UserError(f"{where}: answer {answer!r} is neither a letter of its {len(choices)} choices nor one of them")
+    cells = [image_cell(image, folder, where) for image in images]
+    return {
+        "idx": str(record["id"]),
+        "question": record["question"],
+        "sub_task": record.get("source") or "train",
+        **{column: cells[i] if i < len(cells) else None for i, column in enumerate(IMAGE_COLUMNS)},
+        "choices": choices,
+        "answer": answer,
+        "prompt": blink_prompt(record["question"], choices) if choices else record["question"],
+        "explanation": record.get("rationale") or "",
+    }
+
+
+def read_records(path: Path) -> list[dict]:
+    """Training rows in BLINK's schema (images as {bytes, path}); UserError names file and record."""
+    path = Path(path)
+    rows, seen = [], set()
+    for number, record in enumerate(load(path), 1):
+        where = f"{path}: record {number}" + (f" (id={record['id']})" if isinstance(record, dict) and record.get("id") else "")
+        if not isinstance(record, dict):
+            raise UserError(f"{where}: expected a JSON object")
+        row = to_row(record, path.parent, where)
+        if row["idx"] in seen:
+            raise UserError(f"{where}: duplicate id")
+        seen.add(row["idx"])
+        rows.append(row)
+    if not rows:
+        raise UserError(f"{path}: no records")
+    return rows
