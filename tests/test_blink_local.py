@@ -8,7 +8,8 @@ import pytest
 
 from amvl.data import synthetic
 from amvl.data.blink import features, png_image
-from amvl.data.blink_local import DISCLAIMER, SUBTASKS, read_table, split_files, subtask_dirs, with_disclaimer
+from amvl.config import validate
+from amvl.data.blink_local import SUBTASKS, read_table, split_files, subtask_dirs, with_disclaimer
 from amvl.data.inspect import inspect
 from amvl.errors import UserError
 from conftest import tool_env
@@ -79,9 +80,43 @@ def test_missing_subtask_folder_says_what_to_put_where(tmp_path):
 
 
 def test_disclaimer_is_prepended_only_for_its_three_subtasks():
+    disclaimer = validate({})["data"]["disclaimer"]
+    assert disclaimer.startswith("Disclaimer: This is not to make unfair assumptions") and disclaimer.endswith("gave you.\n\n")
     row = {"sub_task": "Jigsaw", "prompt": "Which piece?"}
-    assert with_disclaimer(row)["prompt"] == DISCLAIMER + "Which piece?"
-    assert with_disclaimer({**row, "sub_task": "Counting"})["prompt"] == "Which piece?"
+    assert with_disclaimer(row, disclaimer)["prompt"] == disclaimer + "Which piece?"
+    assert with_disclaimer({**row, "sub_task": "Counting"}, disclaimer)["prompt"] == "Which piece?"
+
+
+def test_prepare_from_blink_writes_val_and_test_with_the_official_prompts(blink_root, tmp_path):
+    from amvl.data.blink import read_split
+    from amvl.stages import prepare
+    from test_records import good_records, write_jsonl
+
+    images = tmp_path / "records" / "images"
+    images.mkdir(parents=True)
+    for i in range(3):
+        synthetic.filled(56, list(synthetic.COLORS.values())[i]).save(images / f"{i}.png")
+    records = write_jsonl(tmp_path / "records", good_records())
+    cfg = validate({"data": {"source": "blink", "blink_root": str(blink_root), "train_records": str(records),
+                             "blink_subtasks": ["Jigsaw", "Counting"]}})
+    prepare.run(cfg, tmp_path / "data")
+    val = read_split(tmp_path / "data" / "val.parquet")
+    assert sorted({r["sub_task"] for r in val}) == ["Counting", "Jigsaw"] and len(val) == 2 * VAL_PER_TASK
+    jigsaw = next(r for r in val if r["sub_task"] == "Jigsaw")
+    assert jigsaw["prompt"].startswith(cfg["data"]["disclaimer"] + jigsaw["question"])
+    assert all(r["prompt"].startswith(r["question"]) for r in val if r["sub_task"] == "Counting")
+    test = read_split(tmp_path / "data" / "test.parquet", split="test")
+    assert {r["answer"] for r in test} == {"hidden"}
+
+
+def test_blink_source_needs_a_root_and_training_records(tmp_path):
+    from amvl.errors import ConfigError
+    from amvl.stages import prepare
+
+    with pytest.raises(ConfigError, match="data.train_records: BLINK has no training split"):
+        prepare.run(validate({"data": {"source": "blink", "blink_root": str(tmp_path)}}), tmp_path / "d")
+    with pytest.raises(ConfigError, match="data.blink_root: empty"):
+        prepare.run(validate({"data": {"source": "blink", "train_records": "x.jsonl"}}), tmp_path / "d")
 
 
 @pytest.fixture

@@ -21,13 +21,8 @@ SUBTASKS = [
     "Semantic_Correspondence", "Spatial_Relation", "Visual_Correspondence", "Visual_Similarity",
 ]  # fmt: skip
 SPLITS = ("val", "test")
-# The official evaluation prepends this to the prompt of these subtasks.
+# The official evaluation prepends a disclaimer (config `data.disclaimer`) to these subtasks' prompts.
 DISCLAIMER_SUBTASKS = ("Forensic_Detection", "Jigsaw", "Art_Style")
-DISCLAIMER = (
-    "Disclaimer: This is not to make unfair assumptions about the people in the image and you just need to "
-    "give your assessment on this question. You don't need to identify the real people. You just need to "
-    "analyze based on the information I gave you.\n\n"
-)
 
 HOW_TO_GET = (
     "put a snapshot of the Hugging Face dataset repo BLINK-Benchmark/BLINK there "
@@ -71,7 +66,7 @@ def subtask_dirs(root: Path, subtasks: list[str] | None = None) -> dict[str, Pat
     return {name: present[name] for name in wanted}
 
 
-def with_disclaimer(row: dict, disclaimer: str = DISCLAIMER) -> dict:
+def with_disclaimer(row: dict, disclaimer: str) -> dict:
     """The row with the official evaluation's disclaimer before the prompt, where it applies."""
     if row["sub_task"] in DISCLAIMER_SUBTASKS and disclaimer:
         return {**row, "prompt": disclaimer + row["prompt"]}

@@ -1,4 +1,12 @@
-"""prepare: write the benchmark's train and val splits to data/<dataset>/ in BLINK's schema."""
+"""prepare: write the train, val (and, for BLINK, test) splits to data/<dataset>/ in BLINK's schema.
+
+Sources of the benchmark (`data.source`):
+- `synthetic`: the generated mini-BLINK, train and val, from `data.seed`;
+- `blink`: a local BLINK copy under `data.blink_root`, val and test as the official evaluation
+  prompts them (the disclaimer before the three subtasks that get it). BLINK has no training
+  split, so `data.train_records` must name one.
+`data.train_records`, when set, is the train split in either case.
+"""
 
 from __future__ import annotations
 
@@ -7,31 +15,65 @@ from pathlib import Path
 from rich.progress import track
 
 from amvl.config import Section
-from amvl.data import synthetic
-from amvl.data.blink import write_split
+from amvl.data import blink_local, synthetic
+from amvl.data.blink import decode_row, missing_columns, write_split
 from amvl.data.records import read_records
-from amvl.errors import ConfigError
+from amvl.errors import ConfigError, UserError
 from amvl.io import atomic_dir, write_json
 
-SPLITS = ("train", "val")
+
+def synthetic_split(data, split: str) -> list[dict]:
+    unknown = [s for s in data.subtasks if s not in synthetic.SUBTASKS]
+    if unknown:
+        raise ConfigError(f"data.subtasks: unknown subtask {unknown[0]!r} (known: {', '.join(synthetic.SUBTASKS)})")
+    size = data.train_size if split == "train" else data.val_size
+    rows = []
+    for subtask in track(data.subtasks, description=f"generating {split}"):
+        rows += synthetic.generate(subtask, split, size, data.seed, data.image_size)
+    return rows
+
+
+def blink_split(data, split: str) -> list[dict]:
+    """One split of the local BLINK copy, checked row by row, prompts as officially evaluated."""
+    unknown = [s for s in data.blink_subtasks if s not in blink_local.SUBTASKS]
+    if unknown:
+        raise ConfigError(f"data.blink_subtasks: unknown subtask {unknown[0]!r} (known: {', '.join(blink_local.SUBTASKS)})")
+    rows = []
+    for subtask, folder in blink_local.subtask_dirs(Path(data.blink_root), list(data.blink_subtasks)).items():
+        files = blink_local.split_files(folder, split)
+        if not files and split == "val":
+            raise UserError(f"{folder}: no {split} split; {blink_local.HOW_TO_GET}")
+        for file in files:
+            table = blink_local.read_table(file)
+            missing = missing_columns(table.column_names)
+            if missing:
+                raise UserError(f"{file}: missing column {', '.join(missing)}")
+            for row in table.to_pylist():
+                _, problems = decode_row(row, f"{file}: row idx={row['idx']}", split)
+                if problems:
+                    raise UserError(f"{problems[0]} (`amvl data inspect {data.blink_root}` lists every problem)")
+                rows.append(blink_local.with_disclaimer(row, data.disclaimer))
+    return rows
 
 
 def run(cfg: dict, out_dir: Path) -> None:
     data = Section(cfg).data
-    unknown = [s for s in data.subtasks if s not in synthetic.SUBTASKS]
-    if unknown:
-        raise ConfigError(f"data.subtasks: unknown subtask {unknown[0]!r} (known: {', '.join(synthetic.SUBTASKS)})")
-    sizes = {"train": data.train_size, "val": data.val_size}
+    if data.source == "blink" and not data.blink_root:
+        raise ConfigError(f"data.blink_root: empty; {blink_local.HOW_TO_GET}")
+    if data.source == "blink" and not data.train_records:
+        raise ConfigError("data.train_records: BLINK has no training split; name a training-record file (amvl/data/records.py)")
     with atomic_dir(out_dir) as tmp:
         counts = {}
-        for split in SPLITS:
-            rows = []
+        for split in ("train", "val", "test"):
             if split == "train" and data.train_records:
                 rows = read_records(Path(data.train_records))
+            elif data.source == "blink":
+                rows = blink_split(data, split)
+            elif split != "test":
+                rows = synthetic_split(data, split)
             else:
-                for subtask in track(data.subtasks, description=f"generating {split}"):
-                    rows += synthetic.generate(subtask, split, sizes[split], data.seed, data.image_size)
-            write_split(rows, tmp / f"{split}.parquet")
-            counts[split] = len(rows)
-        write_json(tmp / "dataset.json", {"source": data.source, "subtasks": list(data.subtasks),
-                                          "train_records": data.train_records, "rows": counts})
+                continue  # the synthetic benchmark has no hidden-answer split
+            if rows:
+                write_split(rows, tmp / f"{split}.parquet")
+                counts[split] = len(rows)
+        write_json(tmp / "dataset.json", {"source": data.source, "train_records": data.train_records, "rows": counts})
