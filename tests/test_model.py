@@ -1,5 +1,6 @@
 import pytest
 import torch
+from PIL import Image
 from transformers import Qwen2_5_VLForConditionalGeneration
 
 from amvl.data.blink import read_split
@@ -79,3 +80,24 @@ def test_save_and_load_restore_identical_scores(built, tmp_path):
     # The backbone alone is a standard Hugging Face checkpoint.
     backbone = Qwen2_5_VLForConditionalGeneration.from_pretrained(tmp_path)
     assert torch.equal(backbone.lm_head.weight, model.backbone.lm_head.weight)
+
+
+def test_processors_load_from_a_qwen_style_folder(built, tmp_path):
+    """A real Qwen2.5-VL folder names the torchvision image processor; the PIL one reads it too."""
+    import json
+
+    from amvl.data.collate import IMAGE_PAD
+
+    _, tokenizer, _, examples = built
+    tokenizer.save_pretrained(tmp_path)
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps({
+        "min_pixels": 3136, "max_pixels": 12845056, "patch_size": 14, "temporal_patch_size": 2, "merge_size": 2,
+        "image_mean": [0.48145466, 0.4578275, 0.40821073], "image_std": [0.26862954, 0.26130258, 0.27577711],
+        "image_processor_type": "Qwen2VLImageProcessor", "processor_class": "Qwen2_5_VLProcessor",
+    }))
+    tokenizer2, image_processor = load_processors(tmp_path)
+    assert image_processor.size.longest_edge == 12845056 and image_processor.merge_size == 2
+    pixels = image_processor(images=[Image.new("RGB", (84, 84))], return_tensors="pt")
+    assert pixels["image_grid_thw"].tolist() == [[1, 6, 6]]
+    pad = tokenizer2.convert_tokens_to_ids(IMAGE_PAD)
+    assert examples[0].prompt_ids.count(pad) == int(examples[0].image_grid_thw.prod(-1).sum()) // 4
