@@ -14,7 +14,7 @@ from amvl import config as configuration
 from amvl.errors import UserError
 
 
-def stage_config(args, stage: str) -> dict:
+def stage_config(args) -> dict:
     if args.config_json:
         return configuration.from_json(args.config_json)
     loaded = configuration.load(*(args.config or ["config/config.yaml"]))
@@ -23,7 +23,12 @@ def stage_config(args, stage: str) -> dict:
 
 
 def add_config_args(parser: argparse.ArgumentParser, with_run: bool = False) -> None:
-    parser.add_argument("--config", action="append", metavar="YAML", help="config file(s), later override earlier (default: config/config.yaml)")
+    parser.add_argument(
+        "--config",
+        action="append",
+        metavar="YAML",
+        help="config file(s), later override earlier (default: config/config.yaml)",
+    )
     parser.add_argument("--config-json", metavar="JSON", help="config sections as JSON (what the Snakemake rules pass)")
     if with_run:
         parser.add_argument("--run", help="name of the run in the config's `runs` (its overrides apply)")
@@ -81,7 +86,7 @@ def inspect_data(path: Path) -> int:
 def dispatch(args) -> int:
     if args.stage == "data":
         return inspect_data(args.path)
-    cfg = stage_config(args, args.stage)
+    cfg = stage_config(args)
     if args.stage == "prepare":
         from amvl.stages import prepare
 

@@ -35,7 +35,9 @@ def _free_port() -> int:
 def import_deepspeed():
     """Import DeepSpeed; outside a launcher, pose as rank 0 of 1 (otherwise it looks for MPI)."""
     if "RANK" not in os.environ:
-        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), RANK="0", LOCAL_RANK="0", WORLD_SIZE="1")
+        os.environ.update(
+            MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), RANK="0", LOCAL_RANK="0", WORLD_SIZE="1"
+        )
     import deepspeed
     from deepspeed.accelerator import get_accelerator
 

@@ -5,14 +5,14 @@ import sys
 
 import datasets
 import pytest
+from conftest import tool_env
 
+from amvl.config import validate
 from amvl.data import synthetic
 from amvl.data.blink import features, png_image
-from amvl.config import validate
 from amvl.data.blink_local import SUBTASKS, read_table, split_files, subtask_dirs, with_disclaimer
 from amvl.data.inspect import inspect
 from amvl.errors import UserError
-from conftest import tool_env
 
 VAL_PER_TASK, TEST_PER_TASK = 3, 2
 
@@ -41,8 +41,12 @@ def blink_root(tmp_path_factory):
         folder = root / subtask
         folder.mkdir()
         images = 3 if subtask == "Visual_Similarity" else 1
-        to_dataset(blink_rows(subtask, "val", VAL_PER_TASK, images)).to_parquet(str(folder / "val-00000-of-00001.parquet"))
-        to_dataset(blink_rows(subtask, "test", TEST_PER_TASK, images)).to_parquet(str(folder / "test-00000-of-00001.parquet"))
+        to_dataset(blink_rows(subtask, "val", VAL_PER_TASK, images)).to_parquet(
+            str(folder / "val-00000-of-00001.parquet")
+        )
+        to_dataset(blink_rows(subtask, "test", TEST_PER_TASK, images)).to_parquet(
+            str(folder / "test-00000-of-00001.parquet")
+        )
     return root
 
 
@@ -81,24 +85,35 @@ def test_missing_subtask_folder_says_what_to_put_where(tmp_path):
 
 def test_disclaimer_is_prepended_only_for_its_three_subtasks():
     disclaimer = validate({})["data"]["disclaimer"]
-    assert disclaimer.startswith("Disclaimer: This is not to make unfair assumptions") and disclaimer.endswith("gave you.\n\n")
+    assert disclaimer.startswith("Disclaimer: This is not to make unfair assumptions") and disclaimer.endswith(
+        "gave you.\n\n"
+    )
     row = {"sub_task": "Jigsaw", "prompt": "Which piece?"}
     assert with_disclaimer(row, disclaimer)["prompt"] == disclaimer + "Which piece?"
     assert with_disclaimer({**row, "sub_task": "Counting"}, disclaimer)["prompt"] == "Which piece?"
 
 
 def test_prepare_from_blink_writes_val_and_test_with_the_official_prompts(blink_root, tmp_path):
+    from test_records import good_records, write_jsonl
+
     from amvl.data.blink import read_split
     from amvl.stages import prepare
-    from test_records import good_records, write_jsonl
 
     images = tmp_path / "records" / "images"
     images.mkdir(parents=True)
     for i in range(3):
         synthetic.filled(56, list(synthetic.COLORS.values())[i]).save(images / f"{i}.png")
     records = write_jsonl(tmp_path / "records", good_records())
-    cfg = validate({"data": {"source": "blink", "blink_root": str(blink_root), "train_records": str(records),
-                             "blink_subtasks": ["Jigsaw", "Counting"]}})
+    cfg = validate(
+        {
+            "data": {
+                "source": "blink",
+                "blink_root": str(blink_root),
+                "train_records": str(records),
+                "blink_subtasks": ["Jigsaw", "Counting"],
+            }
+        }
+    )
     prepare.run(cfg, tmp_path / "data")
     val = read_split(tmp_path / "data" / "val.parquet")
     assert sorted({r["sub_task"] for r in val}) == ["Counting", "Jigsaw"] and len(val) == 2 * VAL_PER_TASK
@@ -153,7 +168,9 @@ def test_inspect_reports_each_problem_with_file_and_row(broken_root):
 
 
 def run_inspect(path):
-    return subprocess.run([sys.executable, "-m", "amvl", "data", "inspect", str(path)], env=tool_env(), capture_output=True, text=True)
+    return subprocess.run(
+        [sys.executable, "-m", "amvl", "data", "inspect", str(path)], env=tool_env(), capture_output=True, text=True
+    )
 
 
 def test_inspect_command_exit_codes(blink_root, broken_root):

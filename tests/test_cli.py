@@ -2,14 +2,15 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import REPO, tool_env
 
 STAGES = ["prepare", "train", "convert", "evaluate", "report"]
 
 
 def amvl(*args, cwd=REPO):
-    return subprocess.run([sys.executable, "-m", "amvl", *args], cwd=cwd, env=tool_env(), capture_output=True, text=True)
+    return subprocess.run(
+        [sys.executable, "-m", "amvl", *args], cwd=cwd, env=tool_env(), capture_output=True, text=True
+    )
 
 
 @pytest.mark.parametrize("stage", STAGES)
@@ -27,12 +28,17 @@ def test_console_script_is_installed():
 
 @pytest.mark.parametrize(
     "override, key",
-    [("train:\n  lrr: 1\n", "train.lrr: unknown key"), ("train:\n  lr: fast\n", "train.lr: 'fast' is not of type 'number'")],
+    [
+        ("train:\n  lrr: 1\n", "train.lrr: unknown key"),
+        ("train:\n  lr: fast\n", "train.lr: 'fast' is not of type 'number'"),
+    ],
 )
 def test_bad_config_stops_with_one_line_naming_the_key(tmp_path, override, key):
     bad = tmp_path / "bad.yaml"
     bad.write_text(override)
-    result = amvl("prepare", "--config", str(REPO / "config" / "config.yaml"), "--config", str(bad), "--out", str(tmp_path / "d"))
+    result = amvl(
+        "prepare", "--config", str(REPO / "config" / "config.yaml"), "--config", str(bad), "--out", str(tmp_path / "d")
+    )
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and key in result.stderr
     assert "Traceback" not in result.stderr
@@ -41,7 +47,16 @@ def test_bad_config_stops_with_one_line_naming_the_key(tmp_path, override, key):
 
 def test_corrupt_data_stops_with_one_line_naming_the_file(tmp_path):
     (tmp_path / "train.parquet").write_bytes(b"PAR1 this is not parquet")
-    result = amvl("train", "--config", str(REPO / "config" / "config.yaml"), "--run", "amvl",
-                  "--data", str(tmp_path), "--out", str(tmp_path / "run"))
+    result = amvl(
+        "train",
+        "--config",
+        str(REPO / "config" / "config.yaml"),
+        "--run",
+        "amvl",
+        "--data",
+        str(tmp_path),
+        "--out",
+        str(tmp_path / "run"),
+    )
     assert result.returncode == 2 and "train.parquet: not a readable parquet file" in result.stderr
     assert "Traceback" not in result.stderr

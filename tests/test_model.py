@@ -5,7 +5,13 @@ from transformers import Qwen2_5_VLForConditionalGeneration
 
 from amvl.data.blink import read_split
 from amvl.data.collate import collate, encode
-from amvl.model.backbone import build_image_processor, build_small_qwen, build_tokenizer, load_processors, save_processors
+from amvl.model.backbone import (
+    build_image_processor,
+    build_small_qwen,
+    build_tokenizer,
+    load_processors,
+    save_processors,
+)
 from amvl.model.latent import LatentReasoner, wrap_backbone
 
 
@@ -74,8 +80,10 @@ def test_save_and_load_restore_identical_scores(built, tmp_path):
     loaded = LatentReasoner.load(tmp_path).eval()
     tokenizer2, processor2 = load_processors(tmp_path)
     batch = collate(examples[:3])
-    assert torch.equal(model.score_choices(batch, [e.choice_ids for e in examples[:3]]),
-                       loaded.score_choices(batch, [e.choice_ids for e in examples[:3]]))
+    assert torch.equal(
+        model.score_choices(batch, [e.choice_ids for e in examples[:3]]),
+        loaded.score_choices(batch, [e.choice_ids for e in examples[:3]]),
+    )
     assert tokenizer2("(A)").input_ids == tokenizer("(A)").input_ids
     # The backbone alone is a standard Hugging Face checkpoint.
     backbone = Qwen2_5_VLForConditionalGeneration.from_pretrained(tmp_path)
@@ -90,11 +98,21 @@ def test_processors_load_from_a_qwen_style_folder(built, tmp_path):
 
     _, tokenizer, _, examples = built
     tokenizer.save_pretrained(tmp_path)
-    (tmp_path / "preprocessor_config.json").write_text(json.dumps({
-        "min_pixels": 3136, "max_pixels": 12845056, "patch_size": 14, "temporal_patch_size": 2, "merge_size": 2,
-        "image_mean": [0.48145466, 0.4578275, 0.40821073], "image_std": [0.26862954, 0.26130258, 0.27577711],
-        "image_processor_type": "Qwen2VLImageProcessor", "processor_class": "Qwen2_5_VLProcessor",
-    }))
+    (tmp_path / "preprocessor_config.json").write_text(
+        json.dumps(
+            {
+                "min_pixels": 3136,
+                "max_pixels": 12845056,
+                "patch_size": 14,
+                "temporal_patch_size": 2,
+                "merge_size": 2,
+                "image_mean": [0.48145466, 0.4578275, 0.40821073],
+                "image_std": [0.26862954, 0.26130258, 0.27577711],
+                "image_processor_type": "Qwen2VLImageProcessor",
+                "processor_class": "Qwen2_5_VLProcessor",
+            }
+        )
+    )
     tokenizer2, image_processor = load_processors(tmp_path)
     assert image_processor.size.longest_edge == 12845056 and image_processor.merge_size == 2
     pixels = image_processor(images=[Image.new("RGB", (84, 84))], return_tensors="pt")

@@ -34,7 +34,10 @@ def kl_gradients(name):
     return reaches(prior), reaches(posterior)
 
 
-@pytest.mark.parametrize("name, prior_grad, posterior_grad", [("fwd", True, False), ("rev", False, True), ("elbo", True, True), ("amvl", True, True)])
+@pytest.mark.parametrize(
+    "name, prior_grad, posterior_grad",
+    [("fwd", True, False), ("rev", False, True), ("elbo", True, True), ("amvl", True, True)],
+)
 def test_kl_gradients_reach_only_their_side(name, prior_grad, posterior_grad):
     assert kl_gradients(name) == (prior_grad, posterior_grad)
 

@@ -31,9 +31,21 @@ def write_jsonl(folder, records):
 
 def good_records():
     return [
-        {"id": "a", "images": ["images/0.png"], "question": "What colour is it?", "choices": ["red", "blue"],
-         "answer": "blue", "rationale": "It is blue.", "source": "colours"},
-        {"id": "b", "images": ["images/1.png", "images/2.png"], "question": "Describe both.", "answer": "blue then green"},
+        {
+            "id": "a",
+            "images": ["images/0.png"],
+            "question": "What colour is it?",
+            "choices": ["red", "blue"],
+            "answer": "blue",
+            "rationale": "It is blue.",
+            "source": "colours",
+        },
+        {
+            "id": "b",
+            "images": ["images/1.png", "images/2.png"],
+            "question": "Describe both.",
+            "answer": "blue then green",
+        },
     ]
 
 
@@ -49,15 +61,30 @@ def test_records_become_training_rows(record_dir):
 def test_parquet_records_with_image_bytes(record_dir):
     png = (record_dir / "images" / "0.png").read_bytes()
     path = record_dir / "train.parquet"
-    pq.write_table(pa.Table.from_pylist([{"id": "p1", "images": [{"bytes": png, "path": "x.png"}], "question": "Q?",
-                                          "choices": ["yes", "no"], "answer": "(A)"}]), path)
+    pq.write_table(
+        pa.Table.from_pylist(
+            [
+                {
+                    "id": "p1",
+                    "images": [{"bytes": png, "path": "x.png"}],
+                    "question": "Q?",
+                    "choices": ["yes", "no"],
+                    "answer": "(A)",
+                }
+            ]
+        ),
+        path,
+    )
     assert read_records(path)[0]["image_1"]["bytes"] == png
 
 
 @pytest.mark.parametrize(
     "change, message",
     [
-        ({"answer": "purple"}, re.escape("record 1 (id=a): answer 'purple' is neither a letter of its 2 choices nor one of them")),
+        (
+            {"answer": "purple"},
+            re.escape("record 1 (id=a): answer 'purple' is neither a letter of its 2 choices nor one of them"),
+        ),
         ({"images": ["images/missing.png"]}, "image .*missing.png not found"),
         ({"images": ["images/0.png"] * 5}, "5 images; BLINK rows hold 1 to 4"),
         ({"question": ""}, "record 1 \\(id=a\\): missing 'question'"),
@@ -98,7 +125,9 @@ def test_free_text_answers_train(record_dir):
 
     rows = read_records(write_jsonl(record_dir, good_records()))
     for row in rows:
-        row["images"] = [Image.open(io.BytesIO(row[c]["bytes"])).convert("RGB") for c in ("image_1", "image_2") if row[c]]
+        row["images"] = [
+            Image.open(io.BytesIO(row[c]["bytes"])).convert("RGB") for c in ("image_1", "image_2") if row[c]
+        ]
     cfg = Section(validate({"model": {"vocab_size": 320}}))
     tokenizer = build_tokenizer([r["prompt"] + r["answer"] for r in rows], 320, cfg.model.latent_slots)
     examples = [encode(r, tokenizer, build_image_processor(56)) for r in rows]

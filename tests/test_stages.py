@@ -15,8 +15,12 @@ from amvl.stages import convert, evaluate, report, train
 def trained(prepared_data, tmp_path_factory):
     from amvl.config import validate
 
-    cfg = validate({"model": {"vocab_size": 320, "freeze_vision": False},
-                    "train": {"steps": 4, "batch_size": 2, "warmup_steps": 1, "checkpoint_every": 2, "log_every": 1}})
+    cfg = validate(
+        {
+            "model": {"vocab_size": 320, "freeze_vision": False},
+            "train": {"steps": 4, "batch_size": 2, "warmup_steps": 1, "checkpoint_every": 2, "log_every": 1},
+        }
+    )
     run_dir = tmp_path_factory.mktemp("runs") / "amvl"
     summary = train.run(cfg, prepared_data, run_dir)
     return cfg, run_dir, summary
@@ -67,7 +71,9 @@ def test_convert_then_evaluate_then_report(trained, prepared_data, tmp_path):
     predictions = (tmp_path / "results" / "amvl" / "predictions.jsonl").read_text().splitlines()
     assert len(predictions) == 4 * len(subtasks)
 
-    report.run({}, [tmp_path / "results" / "amvl" / "metrics.json"], [run_dir / "train_summary.json"], tmp_path / "reports")
+    report.run(
+        {}, [tmp_path / "results" / "amvl" / "metrics.json"], [run_dir / "train_summary.json"], tmp_path / "reports"
+    )
     text = (tmp_path / "reports" / "report.md").read_text()
     assert "| amvl |" in text and "*chance*" in text
     assert (tmp_path / "reports" / "training_curves.png").read_bytes()[:4] == b"\x89PNG"

@@ -5,9 +5,9 @@ import re
 import shutil
 
 import pytest
+from conftest import copy_project, run_tool
 
 from amvl.config import validate
-from conftest import copy_project, run_tool
 
 SMOKE = ["--configfile", "config/smoke.yaml"]
 
@@ -35,9 +35,15 @@ def test_default_config_plans_one_job_per_stage(tmp_path):
 
 
 def test_smoke_dag_writes_every_stage_output(smoke_project):
-    for path in ("data/smoke/train.parquet", "data/smoke/val.parquet", "runs/amvl/train_summary.json",
-                 "models/amvl/model.safetensors", "results/amvl/metrics.json", "reports/report.md",
-                 "reports/training_curves.png"):
+    for path in (
+        "data/smoke/train.parquet",
+        "data/smoke/val.parquet",
+        "runs/amvl/train_summary.json",
+        "models/amvl/model.safetensors",
+        "results/amvl/metrics.json",
+        "reports/report.md",
+        "reports/training_curves.png",
+    ):
         assert (smoke_project / path).exists(), path
     for stage in ("prepare", "train/amvl", "convert/amvl", "evaluate/amvl", "report"):
         assert (smoke_project / "logs" / f"{stage}.log").exists(), stage
@@ -49,7 +55,13 @@ def test_smoke_dag_writes_every_stage_output(smoke_project):
 def test_editing_a_training_value_reruns_train_and_after_not_prepare(smoke_project, tmp_path):
     edited = tmp_path / "edited.yaml"
     edited.write_text("train:\n  lr: 0.001\n")
-    assert planned(smoke_project, *SMOKE, str(edited)) == {"train": 1, "convert": 1, "evaluate": 1, "report": 1, "all": 1}
+    assert planned(smoke_project, *SMOKE, str(edited)) == {
+        "train": 1,
+        "convert": 1,
+        "evaluate": 1,
+        "report": 1,
+        "all": 1,
+    }
     evaluation = tmp_path / "evaluation.yaml"
     evaluation.write_text("evaluate:\n  tau: 1.0\n")
     assert planned(smoke_project, *SMOKE, str(evaluation)) == {"evaluate": 1, "report": 1, "all": 1}
@@ -61,8 +73,10 @@ def test_bad_config_stops_snakemake_with_one_line(smoke_project, tmp_path):
     result = run_tool(["snakemake", "-n", *SMOKE, str(bad)], cwd=smoke_project, check=False)
     assert result.returncode != 0
     errors = [line for line in (result.stdout + result.stderr).splitlines() if "error" in line.lower()]
-    assert errors == ["config error: train.stepz: unknown key (allowed: batch_size, checkpoint_every, deepspeed_config, "
-                      "grad_accum, grad_clip, keep_checkpoints, log_every, lr, seed, steps, threads, warmup_steps, weight_decay)"]
+    assert errors == [
+        "config error: train.stepz: unknown key (allowed: batch_size, checkpoint_every, deepspeed_config, "
+        "grad_accum, grad_clip, keep_checkpoints, log_every, lr, seed, steps, threads, warmup_steps, weight_decay)"
+    ]
 
 
 def test_lint_is_clean(tmp_path):
@@ -91,7 +105,9 @@ def test_dvc_push_then_pull_in_a_fresh_clone_recomputes_nothing(smoke_project, t
     run_tool(["dvc", "remote", "modify", "--local", "local", "url", str(remote)], cwd=clone)
     run_tool(["dvc", "pull"], cwd=clone)
     run_tool(["snakemake", "--touch", "--cores", "1", *SMOKE], cwd=clone)
-    assert (clone / "models/amvl/model.safetensors").read_bytes() == (smoke_project / "models/amvl/model.safetensors").read_bytes()
+    assert (clone / "models/amvl/model.safetensors").read_bytes() == (
+        smoke_project / "models/amvl/model.safetensors"
+    ).read_bytes()
     assert planned(clone, *SMOKE) == {}
     # Provenance came along: a config edit in the clone still reruns what it should.
     edited = tmp_path / "edited.yaml"

@@ -15,7 +15,9 @@ from amvl.errors import UserError
 
 
 def prepared_files(path: Path) -> dict[str, list[Path]]:
-    return {split: [path / f"{split}.parquet"] for split in ("train", "val", "test") if (path / f"{split}.parquet").exists()}
+    return {
+        split: [path / f"{split}.parquet"] for split in ("train", "val", "test") if (path / f"{split}.parquet").exists()
+    }
 
 
 def blink_files(path: Path) -> dict[str, list[Path]]:
@@ -66,6 +68,8 @@ def format_summary(summary: dict) -> str:
     lines = [f"{'split':<6} {'subtask':<26} {'questions':>9}  images/question  options/question"]
     for split, tasks in summary.items():
         for task, stats in sorted(tasks.items()):
-            lines.append(f"{split:<6} {task:<26} {stats['questions']:>9}  {counts(stats['images']):<15}  {counts(stats['options'])}")
+            lines.append(
+                f"{split:<6} {task:<26} {stats['questions']:>9}  {counts(stats['images']):<15}  {counts(stats['options'])}"
+            )
         lines.append(f"{split:<6} {'total':<26} {sum(s['questions'] for s in tasks.values()):>9}")
     return "\n".join(lines)

@@ -67,7 +67,9 @@ def to_row(record: dict, folder: Path, where: str) -> dict:
         if answer in choices:  # the option's text stands for its letter
             answer = letter(choices.index(answer))
         if answer not in [letter(i) for i in range(len(choices))]:
-            raise UserError(f"{where}: answer {answer!r} is neither a letter of its {len(choices)} choices nor one of them")
+            raise UserError(
+                f"{where}: answer {answer!r} is neither a letter of its {len(choices)} choices nor one of them"
+            )
     cells = [image_cell(image, folder, where) for image in images]
     return {
         "idx": str(record["id"]),
@@ -86,7 +88,9 @@ def read_records(path: Path) -> list[dict]:
     path = Path(path)
     rows, seen = [], set()
     for number, record in enumerate(load(path), 1):
-        where = f"{path}: record {number}" + (f" (id={record['id']})" if isinstance(record, dict) and record.get("id") else "")
+        where = f"{path}: record {number}" + (
+            f" (id={record['id']})" if isinstance(record, dict) and record.get("id") else ""
+        )
         if not isinstance(record, dict):
             raise UserError(f"{where}: expected a JSON object")
         row = to_row(record, path.parent, where)

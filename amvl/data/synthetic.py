@@ -42,7 +42,9 @@ BACKGROUND = (235, 235, 235)
 COLORS = {"red": (220, 40, 40), "blue": (40, 70, 220), "green": (40, 170, 60)}
 
 
-def draw_cells(image_size: int, cells: dict[tuple[int, int], tuple[int, int, int]], margins: dict | None = None) -> Image.Image:
+def draw_cells(
+    image_size: int, cells: dict[tuple[int, int], tuple[int, int, int]], margins: dict | None = None
+) -> Image.Image:
     """An image with a filled square in each given (row, col) cell, 2 pixels in from its edges
     unless `margins` gives that cell another margin."""
     pixels = np.full((image_size, image_size, 3), BACKGROUND, dtype=np.uint8)
@@ -103,7 +105,10 @@ def visual_similarity(rng, image_size, answer_index):
         else:
             close[cell] = palette[rng.integers(len(palette))]
     # Same layout, every square a different colour: far in colour, not in position.
-    far = {cell: palette[(palette.index(c) + 1 + rng.integers(len(palette) - 1)) % len(palette)] for cell, c in reference.items()}
+    far = {
+        cell: palette[(palette.index(c) + 1 + rng.integers(len(palette) - 1)) % len(palette)]
+        for cell, c in reference.items()
+    }
     candidates = [close, far] if answer_index == 0 else [far, close]
     return dict(
         question="Given three similar but different images, take the first image as reference. "

@@ -84,7 +84,11 @@ def build_small_qwen(model_cfg, tokenizer: PreTrainedTokenizerFast) -> Qwen2_5_V
             num_attention_heads=heads,
             num_key_value_heads=model_cfg.kv_heads,
             max_position_embeddings=4096,
-            rope_parameters={"rope_type": "default", "rope_theta": 1e4, "mrope_section": mrope_sections(hidden // heads)},
+            rope_parameters={
+                "rope_type": "default",
+                "rope_theta": 1e4,
+                "mrope_section": mrope_sections(hidden // heads),
+            },
             bos_token_id=None,
             eos_token_id=ids[IM_END],
             pad_token_id=ids[PAD],

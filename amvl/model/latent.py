@@ -138,7 +138,9 @@ class LatentReasoner(nn.Module):
         with inputs_embeds alone the model would silently fall back to 1-D positions."""
         ids, attention = layout.ids.to(grids.device), layout.attention_mask.to(grids.device)
         image_token = (ids == self.backbone.config.image_token_id).int()
-        positions, _ = self.backbone.model.get_rope_index(ids, image_token, image_grid_thw=grids, attention_mask=attention)
+        positions, _ = self.backbone.model.get_rope_index(
+            ids, image_token, image_grid_thw=grids, attention_mask=attention
+        )
         return positions
 
     def hidden_states(self, layout: Layout, embeds: torch.Tensor, positions: torch.Tensor, images) -> torch.Tensor:
@@ -206,10 +208,15 @@ class LatentReasoner(nn.Module):
         first_image = torch.tensor([0] + batch["images_per_example"]).cumsum(0).tolist()
         image_rows = [j for i in owner for j in range(first_image[i], first_image[i + 1])]
         features = [images.pooler_output[j] for j in image_rows]
-        layout = self.layout([batch["prompt_ids"][i] for i in owner], [c for cs in choice_ids for c in cs], posterior=False)
+        layout = self.layout(
+            [batch["prompt_ids"][i] for i in owner], [c for cs in choice_ids for c in cs], posterior=False
+        )
         embeds = self.with_latents(layout, self.backbone.get_input_embeddings()(layout.ids.to(device)), z[owner])
         hidden = self.hidden_states(
-            layout, embeds, self.positions(layout, grids[image_rows]), BaseModelOutputWithPooling(pooler_output=features)
+            layout,
+            embeds,
+            self.positions(layout, grids[image_rows]),
+            BaseModelOutputWithPooling(pooler_output=features),
         )
         token_log_probs = self.answer_log_probs(hidden, layout)
         row_of_token = layout.answer_mask.nonzero()[:, 0].to(device)

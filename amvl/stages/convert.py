@@ -32,7 +32,9 @@ def run(cfg: dict, run_dir: Path, out_dir: Path) -> None:
     # Non-persistent buffers (rotary frequencies) are rebuilt by the constructor, not stored.
     missing = [key for key in missing if key in dict(model.named_parameters())]
     if missing or unexpected:
-        raise UserError(f"{run_dir}: checkpoint does not match the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
+        raise UserError(
+            f"{run_dir}: checkpoint does not match the model: missing {missing[:3]}, unexpected {unexpected[:3]}"
+        )
     tokenizer, image_processor = load_processors(run_dir / "skeleton")
     with atomic_dir(out_dir) as folder:
         model.save(folder)

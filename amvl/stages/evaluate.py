@@ -51,9 +51,15 @@ def run(cfg: dict, model_dir: Path, data_dir: Path, out_dir: Path, threads: int 
         chunk = examples[start : start + cfg.batch_size]
         scores = model.score_choices(collate(chunk), [e.choice_ids for e in chunk], tau=cfg.tau)
         for example, row_scores in zip(chunk, scores.argmax(-1).tolist()):
-            predictions.append({"idx": example.idx, "sub_task": example.sub_task,
-                                "answer": letter(example.answer_index), "prediction": letter(row_scores),
-                                "options": len(example.choice_ids)})
+            predictions.append(
+                {
+                    "idx": example.idx,
+                    "sub_task": example.sub_task,
+                    "answer": letter(example.answer_index),
+                    "prediction": letter(row_scores),
+                    "options": len(example.choice_ids),
+                }
+            )
 
     metrics = {**accuracy_table(predictions), "split": cfg.split, "tau": cfg.tau, "latents": "prior"}
     out_dir = Path(out_dir)

@@ -46,10 +46,16 @@ def accuracy_markdown(metrics: dict[str, dict]) -> str:
     lines = [header, "|---|" + "---:|" * (len(tasks) + 2)]
     for run, m in metrics.items():
         cells = [f"{100 * m['per_task'][t]:.1f}" if t in m["per_task"] else "" for t in tasks]
-        lines.append(f"| {run} | " + " | ".join(cells) + f" | {100 * m['macro_accuracy']:.1f} | {100 * m['micro_accuracy']:.1f} |")
+        lines.append(
+            f"| {run} | "
+            + " | ".join(cells)
+            + f" | {100 * m['macro_accuracy']:.1f} | {100 * m['micro_accuracy']:.1f} |"
+        )
     chance = {t: c for m in metrics.values() for t, c in m["chance"].items()}
     chance_macro = sum(chance[t] for t in tasks) / len(tasks)
-    lines.append("| *chance* | " + " | ".join(f"{100 * chance[t]:.1f}" for t in tasks) + f" | {100 * chance_macro:.1f} | |")
+    lines.append(
+        "| *chance* | " + " | ".join(f"{100 * chance[t]:.1f}" for t in tasks) + f" | {100 * chance_macro:.1f} | |"
+    )
     return "\n".join(lines)
 
 

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from amvl.config import Section
+from amvl.config import STAGE_SECTIONS, Section
 from amvl.data.blink import read_split
 from amvl.data.collate import collate, encode
 from amvl.distributed import check_checkpoint_safe, import_deepspeed, latest_tag
@@ -150,7 +150,8 @@ def run(cfg: dict, data_dir: Path, run_dir: Path, threads: int | None = None) ->
 
     train_file = Path(data_dir) / "train.parquet"
     rows = read_split(train_file, split="train")
-    claim_checkpoints(checkpoint_dir, fingerprint(dict(cfg), train_file))
+    trained_on = {section: cfg[section] for section in STAGE_SECTIONS["train"]}
+    claim_checkpoints(checkpoint_dir, fingerprint(trained_on, train_file))
     tokenizer, image_processor, model = build(cfg, rows, run_dir)
     examples = [encode(row, tokenizer, image_processor) for row in rows]
     objective = build_objective(
@@ -166,8 +167,14 @@ def run(cfg: dict, data_dir: Path, run_dir: Path, threads: int | None = None) ->
     )
     start = resume(engine, checkpoint_dir, log_path)
 
-    columns = [TextColumn("[bold]train"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-               TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TimeRemainingColumn()]
+    columns = [
+        TextColumn("[bold]train"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    ]
     terms, tag, tick, tokens = {}, latest_tag(checkpoint_dir), time.perf_counter(), 0
     with Progress(*columns) as progress, open(log_path, "a") as log:
         task = progress.add_task("train", total=train.steps, completed=start, status="")
@@ -178,7 +185,9 @@ def run(cfg: dict, data_dir: Path, run_dir: Path, threads: int | None = None) ->
                 out = engine(batch, latent_source=objective.latent_source)
                 terms = objective(out["ntp_loss"], out["prior"], out["posterior"], step)
                 if not torch.isfinite(terms["loss"]):
-                    raise UserError(f"non-finite loss at step {step}; last good checkpoint: {checkpoint_dir / str(tag)}")
+                    raise UserError(
+                        f"non-finite loss at step {step}; last good checkpoint: {checkpoint_dir / str(tag)}"
+                    )
                 engine.backward(terms["loss"])
                 engine.step()
                 tokens += sum(len(p) + len(a) for p, a in zip(batch["prompt_ids"], batch["answer_ids"]))
