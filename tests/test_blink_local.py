@@ -9,8 +9,8 @@ from conftest import tool_env
 
 from amvl.config import validate
 from amvl.data import synthetic
-from amvl.data.blink import features, png_image
-from amvl.data.blink_local import SUBTASKS, read_table, split_files, subtask_dirs, with_disclaimer
+from amvl.data.blink import features, png_image, read_table
+from amvl.data.blink_local import SUBTASKS, split_files, subtask_dirs, with_disclaimer
 from amvl.data.inspect import inspect
 from amvl.errors import UserError
 

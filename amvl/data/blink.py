@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import io
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
@@ -106,8 +108,29 @@ def decode_row(row: dict, where: str, split: str = "val") -> tuple[list[Image.Im
     return images, problems
 
 
-def missing_columns(column_names: list[str]) -> list[str]:
-    return [c for c in COLUMNS if c not in column_names and c != "explanation"]
+def read_table(path: Path) -> pa.Table:
+    """A parquet file, or an Arrow stream file as the `datasets` library writes them."""
+    path = Path(path)
+    try:
+        if path.suffix == ".arrow":
+            with pa.memory_map(str(path)) as source:
+                return pa.ipc.open_stream(source).read_all()
+        return pq.read_table(path)
+    except (OSError, ValueError, pa.ArrowInvalid) as e:
+        raise UserError(f"{path}: not a readable {path.suffix[1:]} file ({e})") from None
+
+
+def checked_rows(path: Path, split: str) -> Iterator[tuple[dict, list[Image.Image], list[str]]]:
+    """Each row of a BLINK-schema file with its decoded images and its problems (`decode_row`).
+
+    A missing column is a problem of the whole file: it raises UserError naming the file.
+    """
+    table = read_table(path)
+    missing = [c for c in COLUMNS if c not in table.column_names and c != "explanation"]
+    if missing:
+        raise UserError(f"{path}: missing column {', '.join(missing)}")
+    for row in table.to_pylist():
+        yield row, *decode_row(row, f"{path}: row idx={row['idx']}", split)
 
 
 def read_split(path: Path, split: str = "val") -> list[dict]:
@@ -115,18 +138,11 @@ def read_split(path: Path, split: str = "val") -> list[dict]:
 
     Raises UserError naming the file and row for the first problem (see `decode_row`).
     """
-    try:
-        table = pq.read_table(path)
-    except (OSError, ValueError) as e:
-        raise UserError(f"{path}: not a readable parquet file ({e})") from None
-    missing = missing_columns(table.column_names)
-    if missing:
-        raise UserError(f"{path}: missing column {', '.join(missing)}")
-    rows = table.to_pylist()
-    for row in rows:
-        images, problems = decode_row(row, f"{path}: row idx={row['idx']}", split)
+    rows = []
+    for row, images, problems in checked_rows(path, split):
         if problems:
             raise UserError(problems[0])
+        rows.append(row)
         for column in IMAGE_COLUMNS:
             row.pop(column)
         row["images"] = images

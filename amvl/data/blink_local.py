@@ -10,9 +10,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
-
 from amvl.errors import UserError
 
 SUBTASKS = [
@@ -39,16 +36,6 @@ def split_files(subtask_dir: Path, split: str) -> list[Path]:
     if (saved / "dataset_info.json").exists():
         return sorted(saved.glob("data-*.arrow"))
     return sorted(p for p in subtask_dir.rglob(f"*-{split}*.arrow") if "cache-" not in p.name)
-
-
-def read_table(path: Path) -> pa.Table:
-    try:
-        if path.suffix == ".parquet":
-            return pq.read_table(path)
-        with pa.memory_map(str(path)) as source:  # datasets writes Arrow streams
-            return pa.ipc.open_stream(source).read_all()
-    except (OSError, ValueError, pa.ArrowInvalid) as e:
-        raise UserError(f"{path}: not a readable {path.suffix[1:]} file ({e})") from None
 
 
 def subtask_dirs(root: Path, subtasks: list[str] | None = None) -> dict[str, Path]:

@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from amvl.data.blink import IMAGE_COLUMNS, decode_row, missing_columns
-from amvl.data.blink_local import SPLITS, read_table, split_files, subtask_dirs
+from amvl.data.blink import IMAGE_COLUMNS, checked_rows
+from amvl.data.blink_local import SPLITS, split_files, subtask_dirs
 from amvl.errors import UserError
 
 
@@ -42,17 +42,15 @@ def inspect(path: Path) -> tuple[dict, list[str]]:
     for split, paths in files.items():
         seen: dict[str, Path] = {}
         for file in paths:
-            table = read_table(file)
-            missing = missing_columns(table.column_names)
-            if missing:
-                problems.append(f"{file}: missing column {', '.join(missing)}")
+            try:
+                rows = list(checked_rows(file, split))
+            except UserError as e:  # a file-level problem: report it, go on with the next file
+                problems.append(str(e))
                 continue
-            for row in table.to_pylist():
-                where = f"{file}: row idx={row['idx']}"
+            for row, _, row_problems in rows:
                 if row["idx"] in seen:
-                    problems.append(f"{where}: duplicate idx (also in {seen[row['idx']]})")
+                    problems.append(f"{file}: row idx={row['idx']}: duplicate idx (also in {seen[row['idx']]})")
                 seen[row["idx"]] = file
-                _, row_problems = decode_row(row, where, split)
                 problems += row_problems
                 stats = summary.setdefault(split, {}).setdefault(
                     row["sub_task"], {"questions": 0, "images": Counter(), "options": Counter()}

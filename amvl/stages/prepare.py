@@ -16,7 +16,7 @@ from rich.progress import track
 
 from amvl.config import Section
 from amvl.data import blink_local, synthetic
-from amvl.data.blink import decode_row, missing_columns, write_split
+from amvl.data.blink import checked_rows, write_split
 from amvl.data.records import read_records
 from amvl.errors import ConfigError, UserError
 from amvl.io import atomic_dir, write_json
@@ -46,12 +46,7 @@ def blink_split(data, split: str) -> list[dict]:
         if not files and split == "val":
             raise UserError(f"{folder}: no {split} split; {blink_local.HOW_TO_GET}")
         for file in files:
-            table = blink_local.read_table(file)
-            missing = missing_columns(table.column_names)
-            if missing:
-                raise UserError(f"{file}: missing column {', '.join(missing)}")
-            for row in table.to_pylist():
-                _, problems = decode_row(row, f"{file}: row idx={row['idx']}", split)
+            for row, _, problems in checked_rows(file, split):
                 if problems:
                     raise UserError(f"{problems[0]} (`amvl data inspect {data.blink_root}` lists every problem)")
                 rows.append(blink_local.with_disclaimer(row, data.disclaimer))
