@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from amvl.data.blink import letter
+from amvl.data.blink import LETTERS, letter
 from amvl.model.backbone import IM_END, IM_START, IMAGE_PAD, MERGE, VISION_END, VISION_START
 
 
@@ -38,7 +38,7 @@ def encode(row: dict, tokenizer, image_processor) -> Example:
     pixels = image_processor(images=row["images"], return_tensors="pt")
     grids = pixels["image_grid_thw"]
     choice_ids = [tokenizer(letter(i) + IM_END).input_ids for i in range(len(row["choices"] or []))]
-    answer_index = "ABCDEFGH".index(row["answer"][1]) if choice_ids else -1
+    answer_index = LETTERS.index(row["answer"][1]) if choice_ids else -1
     return Example(
         idx=row["idx"],
         sub_task=row["sub_task"],

@@ -35,11 +35,6 @@ def synthetic_split(data, split: str) -> list[dict]:
 
 def blink_split(data, split: str) -> list[dict]:
     """One split of the local BLINK copy, checked row by row, prompts as officially evaluated."""
-    unknown = [s for s in data.blink_subtasks if s not in blink_local.SUBTASKS]
-    if unknown:
-        raise ConfigError(
-            f"data.blink_subtasks: unknown subtask {unknown[0]!r} (known: {', '.join(blink_local.SUBTASKS)})"
-        )
     rows = []
     for subtask, folder in blink_local.subtask_dirs(Path(data.blink_root), list(data.blink_subtasks)).items():
         files = blink_local.split_files(folder, split)
@@ -57,6 +52,11 @@ def run(cfg: dict, out_dir: Path) -> None:
     data = Section(cfg).data
     if data.source == "blink" and not data.blink_root:
         raise ConfigError(f"data.blink_root: empty; {blink_local.HOW_TO_GET}")
+    unknown = [s for s in data.blink_subtasks if s not in blink_local.SUBTASKS]
+    if data.source == "blink" and unknown:
+        raise ConfigError(
+            f"data.blink_subtasks: unknown subtask {unknown[0]!r} (known: {', '.join(blink_local.SUBTASKS)})"
+        )
     if data.source == "blink" and not data.train_records:
         raise ConfigError(
             "data.train_records: BLINK has no training split; name a training-record file (amvl/data/records.py)"
