@@ -9,7 +9,7 @@
      "rationale": "The knife lies ...",      # optional
      "source": "gqa"}                        # optional; becomes the row's sub_task
 
-`read_records` checks every record and converts it to a training row in BLINK's schema, which
+`read_records` also reads a local Monet-SFT-125K copy (amvl/data/monet.py). It checks every record and converts it to a training row in BLINK's schema, which
 `prepare` writes as data/<dataset>/train.parquet.
 """
 
@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from amvl.data import monet
 from amvl.data.blink import IMAGE_COLUMNS, blink_prompt, letter
 from amvl.errors import UserError
 
@@ -28,6 +29,8 @@ def load(path: Path) -> list[dict]:
     path = Path(path)
     if not path.exists():
         raise UserError(f"{path}: training-record file not found")
+    if path.is_dir():
+        raise UserError(f"{path}: a folder, but no Monet-SFT-125K copy; {monet.HOW_TO_GET}, or name a record file")
     if path.suffix == ".parquet":
         return pq.read_table(path).to_pylist()
     records = []
@@ -83,17 +86,25 @@ def to_row(record: dict, folder: Path, where: str) -> dict:
     }
 
 
-def read_records(path: Path) -> list[dict]:
-    """Training rows in BLINK's schema (images as {bytes, path}); UserError names file and record."""
+def read_records(path: Path, subsets: list[str] | None = None) -> list[dict]:
+    """Training rows in BLINK's schema (images as {bytes, path}); UserError names file and record.
+
+    `path` is a record file, or the folder of a local Monet-SFT-125K copy (amvl/data/monet.py),
+    read from its `subsets` (empty = all present).
+    """
     path = Path(path)
+    if monet.is_monet_root(path):
+        located, folder = monet.read_monet(path, subsets), path
+    else:
+        located, folder = [], path.parent
+        for number, record in enumerate(load(path), 1):
+            named = isinstance(record, dict) and record.get("id")
+            located.append((record, f"{path}: record {number}" + (f" (id={record['id']})" if named else "")))
     rows, seen = [], set()
-    for number, record in enumerate(load(path), 1):
-        where = f"{path}: record {number}" + (
-            f" (id={record['id']})" if isinstance(record, dict) and record.get("id") else ""
-        )
+    for record, where in located:
         if not isinstance(record, dict):
             raise UserError(f"{where}: expected a JSON object")
-        row = to_row(record, path.parent, where)
+        row = to_row(record, folder, where)
         if row["idx"] in seen:
             raise UserError(f"{where}: duplicate id")
         seen.add(row["idx"])

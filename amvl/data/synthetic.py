@@ -5,18 +5,27 @@ Images are drawn on a grid of 28-pixel cells, one cell per merged image token (2
 14 pixels), so that each object lands in exactly one token the language model reads.
 Everything is a function of the seed.
 
-| subtask           | images | options | chance | what it takes                                         |
-|-------------------|-------:|--------:|-------:|-------------------------------------------------------|
-| Counting          | 1      | 4       | 25%    | count 1-4 coloured squares; options are 1..4 in order |
-| Spatial_Relation  | 1      | 2       | 50%    | is the red square left of the blue one (same row)?    |
-| Visual_Similarity | 3      | 2       | 50%    | the close candidate moves one square, the far one     |
-|                   |        |         |        | recolours every square                                |
-| Relative_Depth    | 1      | 2       | 50%    | which of two squares is closer; size is the cue       |
-| Jigsaw            | 3      | 2       | 50%    | two steps: the bottom row's colour, then the candidate|
-|                   |        |         |        | of that colour                                        |
-| IQ_Test           | 1      | 3       | 33%    | two steps: the period (2 or 3) of a colour cycle, then|
-|                   |        |         |        | the colour of the last cell; the majority colour is a |
-|                   |        |         |        | shortcut that holds for period 2 only                 |
+| subtask           | images | options | chance | what it takes                                   | latent steps |
+|-------------------|-------:|--------:|-------:|-------------------------------------------------|--------------|
+| Counting          | 1      | 4       | 25%    | count 1-4 squares; options 1..4 in order        | 1: a tally   |
+| Spatial_Relation  | 1      | 2       | 50%    | is the red square left of the blue one?         | 1: compare   |
+| Visual_Similarity | 3      | 2       | 50%    | the close candidate moves one square, the far   | 1: compare   |
+|                   |        |         |        | one recolours every square                      |              |
+| Relative_Depth    | 1      | 2       | 50%    | which of two squares is closer; size is the cue | 1: compare   |
+| Jigsaw            | 3      | 2       | 50%    | the bottom row's colour, then the candidate of  | 2            |
+|                   |        |         |        | that colour                                     |              |
+| IQ_Test           | 1      | 3       | 33%    | the period (2 or 3) of a colour cycle, then the | 2, shortcut  |
+|                   |        |         |        | colour of the last cell; the majority colour is |              |
+|                   |        |         |        | a shortcut that holds for period 2 only         |              |
+
+Why latent slots should matter: the answer is one token, produced right after the prompt, so
+everything the model computes must fit in its few layers at the last prompt position. The
+two-step subtasks have an intermediate result that is not the answer (a colour, a period); k
+latent slots give the model k more positions, and AMVL's prior a place to hold that intermediate
+result before the answer is read. One-step subtasks are controls: latents should change nothing
+there. IQ_Test's majority-colour shortcut makes runs that fall back on it visible (period-3
+questions at chance). A leaking posterior can write the answer itself into Z: with 2-4 options,
+that costs at most log 4 nats, which small KL weights do not stop (AMVL.md section 5b).
 
 Measured with the default model (2 layers, width 64, 84-pixel images, all six subtasks mixed,
 batch 16, `amvl` objective; held-out accuracy at steps 500/1000/2000/3000): Counting

@@ -5,7 +5,8 @@ Sources of the benchmark (`data.source`):
 - `blink`: a local BLINK copy under `data.blink_root`, val and test as the official evaluation
   prompts them (the disclaimer before the three subtasks that get it). BLINK has no training
   split, so `data.train_records` must name one.
-`data.train_records`, when set, is the train split in either case.
+`data.train_records`, when set, is the train split in either case: a record file or a local
+Monet-SFT-125K folder.
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ def run(cfg: dict, out_dir: Path) -> None:
         counts = {}
         for split in ("train", "val", "test"):
             if split == "train" and data.train_records:
-                rows = read_records(Path(data.train_records))
+                rows = read_records(Path(data.train_records), list(data.train_subsets))
             elif data.source == "blink":
                 rows = blink_split(data, split)
             elif split != "test":
