@@ -70,19 +70,27 @@ class Schedule:
 
 
 class KLObjective:
-    """L_ntp plus weighted KL terms; `forward_kl` / `reverse_kl` say which terms are on.
+    """L_ntp plus weighted KL terms; `terms` says which are on.
 
     forward_kl: KL(sg[q] || p), weight beta, gradient to the prior only.
     reverse_kl: KL(sg[p] || q), weight gamma, gradient to the posterior only.
     joint_kl:   KL(q || p),     weight beta, gradient to both (plain ELBO).
+    No terms: the loss is L_ntp alone (the baselines); prior and posterior may then be None.
+
+    `latents` tells the model what fills the slots while training: "posterior" (Z ~ q),
+    "prior_mean" (latent_det), "pause" (learned pause embeddings) or "none" (no slots).
     """
 
-    latent_source = "posterior"  # the decoder reads Z ~ q during training
-
-    def __init__(self, terms: set[str], beta: Schedule, gamma: Schedule, slot_reduction: str = "mean"):
+    def __init__(self, terms: set[str], beta: Schedule, gamma: Schedule, slot_reduction="mean", latents="posterior"):
         self.terms, self.beta, self.gamma, self.slot_reduction = terms, beta, gamma, slot_reduction
+        self.latents = latents
 
-    def __call__(self, ntp_loss: torch.Tensor, prior: DiagGaussian, posterior: DiagGaussian, step: int) -> dict:
+    @property
+    def slot_kind(self) -> str:
+        """What the slots hold at inference: inj(Z) from the prior, pause embeddings, or nothing."""
+        return {"posterior": "latent", "prior_mean": "latent"}.get(self.latents, self.latents)
+
+    def __call__(self, ntp_loss: torch.Tensor, prior: DiagGaussian | None, posterior: DiagGaussian | None, step: int):
         beta, gamma = self.beta(step), self.gamma(step)
         kl = lambda a, b: gaussian_kl(a, b, self.slot_reduction).mean()  # noqa: E731
         out = {"ntp": ntp_loss, "beta": torch.tensor(beta), "gamma": torch.tensor(gamma)}
@@ -108,13 +116,16 @@ def _swap_starts(beta: Schedule, gamma: Schedule) -> tuple[Schedule, Schedule]:
     return Schedule(gamma.start, beta.ramp, beta.max), Schedule(beta.start, gamma.ramp, gamma.max)
 
 
-# name -> the KL terms it uses. Baselines without latents arrive with the model issue.
+# name -> (the KL terms it uses, what fills the latent slots in training); AMVL.md section 4.
 OBJECTIVES = {
-    "elbo": {"joint_kl"},
-    "fwd": {"forward_kl"},
-    "rev": {"reverse_kl"},
-    "amvl": {"forward_kl", "reverse_kl"},
-    "amvl_reverse_first": {"forward_kl", "reverse_kl"},
+    "ntp": (set(), "none"),
+    "ntp_pause": (set(), "pause"),
+    "latent_det": (set(), "prior_mean"),
+    "elbo": ({"joint_kl"}, "posterior"),
+    "fwd": ({"forward_kl"}, "posterior"),
+    "rev": ({"reverse_kl"}, "posterior"),
+    "amvl": ({"forward_kl", "reverse_kl"}, "posterior"),
+    "amvl_reverse_first": ({"forward_kl", "reverse_kl"}, "posterior"),
 }
 
 
@@ -125,7 +136,10 @@ def build_objective(name: str, beta=None, gamma=None, kl_slot_reduction: str = "
     """
     if name not in OBJECTIVES:
         raise ValueError(f"unknown objective {name!r} (known: {', '.join(OBJECTIVES)})")
+    if kl_slot_reduction not in ("mean", "sum"):
+        raise ValueError(f"kl_slot_reduction must be 'mean' or 'sum', not {kl_slot_reduction!r}")
     beta, gamma = _schedule(beta), _schedule(gamma)
     if name == "amvl_reverse_first":
         beta, gamma = _swap_starts(beta, gamma)
-    return KLObjective(OBJECTIVES[name], beta, gamma, kl_slot_reduction)
+    terms, latents = OBJECTIVES[name]
+    return KLObjective(terms, beta, gamma, kl_slot_reduction, latents)

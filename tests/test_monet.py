@@ -13,7 +13,9 @@ from amvl.stages import prepare
 
 
 def turn(role, *parts):
-    content = [{"type": "image", "image": p[4:]} if p.startswith("img:") else {"type": "text", "text": p} for p in parts]
+    content = [
+        {"type": "image", "image": p[4:]} if p.startswith("img:") else {"type": "text", "text": p} for p in parts
+    ]
     return {"role": role, "content": content}
 
 

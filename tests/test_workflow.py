@@ -52,19 +52,45 @@ def test_smoke_dag_writes_every_stage_output(smoke_project):
     assert planned(smoke_project, *SMOKE) == {}
 
 
+# objective -> the terms its log must carry besides loss, ntp, beta, gamma
+LOGGED_TERMS = {
+    "ntp": set(),
+    "ntp_pause": set(),
+    "latent_det": {"sigma_prior"},
+    "elbo": {"kl_joint", "sigma_prior", "sigma_posterior"},
+    "fwd": {"kl_forward", "sigma_prior", "sigma_posterior"},
+    "rev": {"kl_reverse", "sigma_prior", "sigma_posterior"},
+    "amvl": {"kl_forward", "kl_reverse", "sigma_prior", "sigma_posterior"},
+    "amvl_reverse_first": {"kl_forward", "kl_reverse", "sigma_prior", "sigma_posterior"},
+}
+
+
+def test_every_objective_trains_logs_its_terms_and_is_evaluated(smoke_project):
+    report = (smoke_project / "reports/report.md").read_text()
+    for run, terms in LOGGED_TERMS.items():
+        last = json.loads((smoke_project / "runs" / run / "train_log.jsonl").read_text().splitlines()[-1])
+        kls = {key for key in last if key.startswith(("kl_", "sigma_"))}
+        assert kls == terms and {"loss", "ntp", "beta", "gamma"} <= set(last), run
+        assert all(v == v and abs(v) < float("inf") for v in last.values()), run  # finite
+        amvl_config = json.loads((smoke_project / "models" / run / "amvl_config.json").read_text())
+        assert amvl_config["slot_kind"] == {"ntp": "none", "ntp_pause": "pause"}.get(run, "latent")
+        assert f"| {run} |" in report
+
+
 def test_editing_a_training_value_reruns_train_and_after_not_prepare(smoke_project, tmp_path):
     edited = tmp_path / "edited.yaml"
     edited.write_text("train:\n  lr: 0.001\n")
+    runs = len(LOGGED_TERMS)
     assert planned(smoke_project, *SMOKE, str(edited)) == {
-        "train": 1,
-        "convert": 1,
-        "evaluate": 1,
+        "train": runs,
+        "convert": runs,
+        "evaluate": runs,
         "report": 1,
         "all": 1,
     }
     evaluation = tmp_path / "evaluation.yaml"
     evaluation.write_text("evaluate:\n  tau: 1.0\n")
-    assert planned(smoke_project, *SMOKE, str(evaluation)) == {"evaluate": 1, "report": 1, "all": 1}
+    assert planned(smoke_project, *SMOKE, str(evaluation)) == {"evaluate": len(LOGGED_TERMS), "report": 1, "all": 1}
 
 
 def test_bad_config_stops_snakemake_with_one_line(smoke_project, tmp_path):
@@ -112,4 +138,11 @@ def test_dvc_push_then_pull_in_a_fresh_clone_recomputes_nothing(smoke_project, t
     # Provenance came along: a config edit in the clone still reruns what it should.
     edited = tmp_path / "edited.yaml"
     edited.write_text("train:\n  lr: 0.001\n")
-    assert planned(clone, *SMOKE, str(edited)) == {"train": 1, "convert": 1, "evaluate": 1, "report": 1, "all": 1}
+    runs = len(LOGGED_TERMS)
+    assert planned(clone, *SMOKE, str(edited)) == {
+        "train": runs,
+        "convert": runs,
+        "evaluate": runs,
+        "report": 1,
+        "all": 1,
+    }

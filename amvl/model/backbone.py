@@ -17,6 +17,8 @@ from transformers import (
 )
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
+from amvl.errors import UserError
+
 PATCH, MERGE = 14, 2
 PAD, IM_START, IM_END = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
 VISION_START, VISION_END, IMAGE_PAD, VIDEO_PAD = "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"
@@ -112,6 +114,49 @@ def build_small_qwen(model_cfg, tokenizer: PreTrainedTokenizerFast) -> Qwen2_5_V
     )
     torch.manual_seed(model_cfg.init_seed)
     return Qwen2_5_VLForConditionalGeneration(config)
+
+
+PRETRAINED_TYPES = ("qwen2_5_vl", "qwen2_vl")
+
+
+def load_pretrained(folder: Path, k: int, dtype=None):
+    """A local Qwen2.5-VL / Qwen2-VL folder -> (backbone, tokenizer, image processor), with the
+    2k slot tokens added to the tokenizer and both embedding tables.
+
+    New rows start as the mean embedding plus noise of the table's own spread, rescaled to the
+    table's mean norm: distinct from each other, and at the scale the decoder reads.
+    """
+    import json
+
+    import torch
+    from transformers import AutoModelForImageTextToText
+
+    folder = Path(folder)
+    config_file = folder / "config.json"
+    if not config_file.exists() or not any(folder.glob("*.safetensors")):
+        raise UserError(
+            f"model.pretrained_path: {folder} has no config.json and *.safetensors; put a local copy of "
+            "Qwen/Qwen2.5-VL-7B-Instruct (its Hugging Face repo, with tokenizer and preprocessor files) there"
+        )
+    model_type = json.loads(config_file.read_text()).get("model_type")
+    if model_type not in PRETRAINED_TYPES:
+        raise UserError(f"{config_file}: model_type {model_type!r}; amvl wraps {' or '.join(PRETRAINED_TYPES)}")
+    tokenizer, image_processor = load_processors(folder)
+    backbone = AutoModelForImageTextToText.from_pretrained(folder, dtype=dtype or torch.float32)
+    prior, posterior = slot_tokens(k)
+    tokenizer.add_tokens(prior + posterior, special_tokens=True)
+    new_ids = tokenizer.convert_tokens_to_ids(prior + posterior)
+    # Released Qwen checkpoints pad their tables beyond the tokenizer: grow only when needed.
+    if max(new_ids) >= backbone.get_input_embeddings().weight.shape[0]:
+        backbone.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    with torch.no_grad():
+        for table in {backbone.get_input_embeddings().weight, backbone.get_output_embeddings().weight}:
+            known = table[: min(new_ids)].float()
+            generator = torch.Generator().manual_seed(0)
+            new = known.mean(0) + torch.randn((len(new_ids), table.shape[1]), generator=generator) * known.std(0)
+            new = new * (known.norm(dim=-1).mean() / new.norm(dim=-1, keepdim=True))
+            table[new_ids] = new.to(table.dtype)
+    return backbone, tokenizer, image_processor
 
 
 def save_processors(folder: Path, tokenizer, image_processor) -> None:

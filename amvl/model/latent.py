@@ -1,16 +1,18 @@
-"""A Qwen2.5-VL that thinks in k continuous latent slots before it answers.
+"""A Qwen2.5-VL (or Qwen2-VL) that thinks in k continuous latent slots before it answers.
 
-Training (posterior layout `suffix`, AMVL.md section 2) runs two passes over one token layout,
+Training (posterior layout `suffix`, AMVL.md section 2) lays a batch out as
 
     [pad .. x | P_1..P_k | y | Q_1..Q_k | .. pad]      prompts left-padded, so P starts at one column
 
-- the variational pass reads the prior p(Z|x) at the P slots (causal: they see only x) and the
-  posterior q(Z|x,y) at the Q slots (they see x and y);
-- the decode pass replaces the P embeddings by inj(Z) and scores y teacher-forced. Causality
-  keeps the Q positions, still in the layout, out of every answer logit.
+and runs x once, keeping its key/value cache, then two passes that continue from that cache:
+- the variational pass over [P | y | Q]: the prior p(Z|x) is read at the P slots (causal: they
+  see only x), the posterior q(Z|x,y) at the Q slots (they see x and y);
+- the decode pass over [inj(Z) | y] scores y teacher-forced.
+Layout `pooled` drops the Q slots; the posterior reads [h_P ; mean of h_y] instead.
 
-Inference reads only the prior: [x | P] gives p, Z = mean + tau * sigma * eps, then
-[x | inj(Z) | y] scores each option.
+Inference reads only the prior: prefill [x | P], draw Z = mean + tau * sigma * eps, crop the
+cache back to x, recompute the slots as inj(Z), then score each option or generate greedily.
+Baselines use the same code: `pause` slots keep their learned embeddings, `none` has no slots.
 """
 
 from __future__ import annotations
@@ -23,14 +25,18 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import Qwen2_5_VLForConditionalGeneration
-from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers import AutoConfig, AutoModelForImageTextToText, DynamicCache
 
 from amvl.errors import UserError
+from amvl.model.backbone import IM_END, slot_tokens
 from amvl.objectives import DiagGaussian
 
 LATENT_WEIGHTS = "latent_modules.safetensors"
 LATENT_CONFIG = "amvl_config.json"
+
+
+SLOT_KINDS = ("latent", "pause", "none")
+POSTERIOR_LAYOUTS = ("suffix", "pooled")
 
 
 @dataclass
@@ -46,6 +52,11 @@ class LatentConfig:
     posterior_logvar_bounds: tuple[float, float]
     embed_norm: float  # mean norm of the input embeddings: the norm inj(Z) is scaled to
     freeze_vision: bool = True
+    # "latent": the slots carry inj(Z); "pause": learned pause embeddings, no Z (ntp_pause);
+    # "none": no slots at all (plain ntp). Set by the objective; inference needs to know it.
+    slot_kind: str = "latent"
+    posterior_layout: str = "suffix"  # how q sees y: Q slots after y, or [h_P ; mean-pooled h_y]
+    eos_id: int | None = None  # where generation stops
 
 
 class GaussianHead(nn.Module):
@@ -88,144 +99,249 @@ class LatentInjector(nn.Module):
 class Layout:
     ids: torch.Tensor  # (B, T)
     attention_mask: torch.Tensor  # (B, T)
-    slot_start: int  # column of P_1 in every row
+    prefix_len: int  # columns of x (left-padded): the slots start here in every row
+    k: int  # slot columns after x (0 for plain ntp)
     answer_mask: torch.Tensor  # (B, T) True at answer tokens
     posterior_cols: torch.Tensor | None  # (B, k) columns of Q_1..Q_k
 
+    @property
+    def slots(self) -> slice:
+        return slice(self.prefix_len, self.prefix_len + self.k)
+
+    @property
+    def answer_end(self) -> int:
+        """First column after every answer: where the Q slots may start."""
+        return self.prefix_len + self.k + int(self.answer_mask.sum(1).max())
+
+
+@dataclass
+class Thought:
+    """Inference state after [x | slots]: the cache, and what the next token continues from."""
+
+    cache: DynamicCache
+    attention_mask: torch.Tensor  # (B, columns in the cache)
+    last_hidden: torch.Tensor  # (B, hidden) final hidden state of the last column
+    next_position: torch.Tensor  # (B,) mRoPE position of the next text token
+    prior: DiagGaussian | None
+
+    def select(self, rows: list[int]) -> None:
+        index = torch.tensor(rows, device=self.last_hidden.device)
+        self.cache.batch_select_indices(index)
+        self.attention_mask, self.last_hidden = self.attention_mask[index], self.last_hidden[index]
+        self.next_position = self.next_position[index]
+
 
 class LatentReasoner(nn.Module):
-    def __init__(self, backbone: Qwen2_5_VLForConditionalGeneration, cfg: LatentConfig):
+    def __init__(self, backbone, cfg: LatentConfig):
         super().__init__()
         self.backbone, self.cfg = backbone, cfg
         hidden_size = backbone.config.text_config.hidden_size
         self.prior_head = GaussianHead(hidden_size, cfg.d, tuple(cfg.prior_logvar_bounds))
-        self.posterior_head = GaussianHead(hidden_size, cfg.d, tuple(cfg.posterior_logvar_bounds))
+        posterior_input = hidden_size * (2 if cfg.posterior_layout == "pooled" else 1)
+        self.posterior_head = GaussianHead(posterior_input, cfg.d, tuple(cfg.posterior_logvar_bounds))
         self.injector = LatentInjector(cfg.d, hidden_size, cfg.embed_norm)
+        # Encode x once and let both training passes continue from its key/value cache. Off only
+        # to check that it changes nothing (tests) or to compare costs (benchmarks).
+        self.reuse_prefix_cache = True
         if cfg.freeze_vision:
             backbone.model.visual.requires_grad_(False)
 
     # ---- token layout and the backbone calls -------------------------------------------------
-    def layout(self, prompt_ids: list[list[int]], answer_ids: list[list[int]] | None, posterior: bool) -> Layout:
-        k, batch = self.cfg.k, len(prompt_ids)
+    def layout(self, prompt_ids, answer_ids, slot_ids: list[int], posterior_ids: list[int] | None = None) -> Layout:
+        """[pad .. x | slots | y | Q | .. pad]: prompts left-padded, answers and Q right-padded."""
+        k, batch = len(slot_ids), len(prompt_ids)
         answer_ids = answer_ids or [[] for _ in prompt_ids]
         prompt_len = max(len(p) for p in prompt_ids)
-        length = prompt_len + k + max(len(a) for a in answer_ids) + (k if posterior else 0)
+        length = prompt_len + k + max(len(a) for a in answer_ids) + len(posterior_ids or [])
         ids = torch.full((batch, length), self.cfg.pad_id, dtype=torch.long)
         attention = torch.zeros((batch, length), dtype=torch.long)
         answer_mask = torch.zeros((batch, length), dtype=torch.bool)
-        posterior_cols = torch.zeros((batch, k), dtype=torch.long) if posterior else None
+        posterior_cols = torch.zeros((batch, len(posterior_ids)), dtype=torch.long) if posterior_ids else None
         for i, (prompt, answer) in enumerate(zip(prompt_ids, answer_ids)):
-            tail = list(self.cfg.prior_slot_ids) + list(answer)
-            if posterior:
-                tail += list(self.cfg.posterior_slot_ids)
+            tail = list(slot_ids) + list(answer)
+            if posterior_ids:
                 end = prompt_len + k + len(answer)
-                posterior_cols[i] = torch.arange(end, end + k)
+                posterior_cols[i] = torch.arange(end, end + len(posterior_ids))
+                tail += list(posterior_ids)
             row = torch.tensor(prompt + tail)
             start = prompt_len - len(prompt)
             ids[i, start : start + len(row)] = row
             attention[i, start : start + len(row)] = 1
             answer_mask[i, prompt_len + k : prompt_len + k + len(answer)] = True
-        return Layout(ids, attention, prompt_len, answer_mask, posterior_cols)
+        return Layout(ids, attention, prompt_len, k, answer_mask, posterior_cols)
 
-    def encode_images(self, pixel_values: torch.Tensor, grids: torch.Tensor) -> BaseModelOutputWithPooling:
-        """Vision features, computed once per step and shared by both passes."""
-        visual_dtype = self.backbone.model.visual.dtype
+    def slot_ids(self) -> list[int]:
+        return [] if self.cfg.slot_kind == "none" else list(self.cfg.prior_slot_ids)
+
+    def inputs(self, layout: Layout, batch: dict):
+        """Image features (computed once, shared by every pass), token embeddings, mRoPE positions."""
+        device = self.backbone.device
+        grids = batch["image_grid_thw"].to(device)
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.cfg.freeze_vision):
-            return self.backbone.model.get_image_features(pixel_values.to(visual_dtype), grids, return_dict=True)
-
-    def positions(self, layout: Layout, grids: torch.Tensor) -> torch.Tensor:
-        """Qwen's 3-D mRoPE positions, (3, B, T). Computed from the ids here and passed explicitly:
-        with inputs_embeds alone the model would silently fall back to 1-D positions."""
-        ids, attention = layout.ids.to(grids.device), layout.attention_mask.to(grids.device)
+            pixels = batch["pixel_values"].to(device, self.backbone.model.visual.dtype)
+            images = self.backbone.model.get_image_features(pixels, grids, return_dict=True)
+        embeds = self.backbone.get_input_embeddings()(layout.ids.to(device))
+        # Qwen's 3-D positions, (3, B, T), from the whole layout and passed explicitly: with
+        # inputs_embeds alone the model would silently fall back to 1-D positions.
+        ids, attention = layout.ids.to(device), layout.attention_mask.to(device)
         image_token = (ids == self.backbone.config.image_token_id).int()
         positions, _ = self.backbone.model.get_rope_index(
             ids, image_token, image_grid_thw=grids, attention_mask=attention
         )
-        return positions
+        return images, embeds, positions
 
-    def hidden_states(self, layout: Layout, embeds: torch.Tensor, positions: torch.Tensor, images) -> torch.Tensor:
+    def run(self, layout, embeds, positions, images, stop: int, start: int = 0, cache=None) -> torch.Tensor:
+        """Final hidden states of columns [start, stop); `cache` holds columns [0, start)."""
+        device = embeds.device
         out = self.backbone.model(
-            input_ids=layout.ids.to(embeds.device),
-            inputs_embeds=embeds,
-            attention_mask=layout.attention_mask.to(embeds.device),
-            position_ids=positions,
-            mm_encoder_outputs={"image": images},
+            input_ids=layout.ids[:, start:stop].to(device),
+            inputs_embeds=embeds[:, start:stop],
+            attention_mask=layout.attention_mask[:, :stop].to(device),
+            position_ids=positions[..., start:stop],
+            mm_encoder_outputs={"image": images} if start == 0 else None,  # image tokens live in x
+            cache=cache,
+            use_cache=cache is not None,
         )
         return out.last_hidden_state
 
-    def slots(self, layout: Layout) -> slice:
-        return slice(layout.slot_start, layout.slot_start + self.cfg.k)
-
     def with_latents(self, layout: Layout, embeds: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """The decode-pass input: the P slot embeddings replaced by inj(Z)."""
+        """The decode-pass input: the slot embeddings replaced by inj(Z)."""
         injected = embeds.clone()
-        injected[:, self.slots(layout)] = self.injector(z).to(embeds.dtype)
+        injected[:, layout.slots] = self.injector(z).to(embeds.dtype)
         return injected
 
-    def answer_log_probs(self, hidden: torch.Tensor, layout: Layout) -> torch.Tensor:
-        """Log-probability of each answer token (flattened over the batch) given what precedes it."""
-        answer_mask = layout.answer_mask.to(hidden.device)
+    def answer_log_probs(self, hidden: torch.Tensor, layout: Layout, start: int = 0) -> torch.Tensor:
+        """Log-probability of each answer token (flattened over the batch) given what precedes it;
+        `hidden` covers the columns from `start` on."""
+        answer_mask = layout.answer_mask[:, start : start + hidden.shape[1]].to(hidden.device)
         predicting = torch.roll(answer_mask, shifts=-1, dims=1)  # position t predicts token t + 1
         logits = self.backbone.lm_head(hidden[predicting]).float()
-        targets = layout.ids.to(hidden.device)[answer_mask]
+        targets = layout.ids[:, start : start + hidden.shape[1]].to(hidden.device)[answer_mask]
         return torch.log_softmax(logits, dim=-1).gather(-1, targets[:, None]).squeeze(-1)
 
+    def posterior(self, hidden: torch.Tensor, layout: Layout, start: int) -> DiagGaussian:
+        """q(Z | x, y) from the variational pass (`hidden` covers the columns from `start` on)."""
+        if self.cfg.posterior_layout == "suffix":
+            cols = (layout.posterior_cols.to(hidden.device) - start)[..., None].expand(-1, -1, hidden.shape[-1])
+            return self.posterior_head(hidden.gather(1, cols))
+        slots = slice(layout.prefix_len - start, layout.prefix_len - start + layout.k)
+        answer = layout.answer_mask[:, start : start + hidden.shape[1]].to(hidden.device)[..., None]
+        pooled = (hidden * answer).sum(1) / answer.sum(1).clamp(min=1)
+        return self.posterior_head(torch.cat([hidden[:, slots], pooled[:, None].expand(-1, layout.k, -1)], -1))
+
     # ---- training ---------------------------------------------------------------------------
-    def forward(self, batch: dict, latent_source: str = "posterior") -> dict:
-        """Both passes: the prior, the posterior and L_ntp(y | x, Z) with Z from `latent_source`."""
-        layout = self.layout(batch["prompt_ids"], batch["answer_ids"], posterior=True)
-        device = self.backbone.device
-        grids = batch["image_grid_thw"].to(device)
-        images = self.encode_images(batch["pixel_values"].to(device), grids)
-        embeds = self.backbone.get_input_embeddings()(layout.ids.to(device))
-        positions = self.positions(layout, grids)  # shared: both passes use the same layout
+    def forward(self, batch: dict, latents: str = "posterior") -> dict:
+        """L_ntp(y | x, Z) with Z from `latents`: "posterior" (Z ~ q, the variational objectives),
+        "prior_mean" (latent_det), "pause" or "none" (no Z). Returns the loss, prior and posterior."""
+        suffix = latents == "posterior" and self.cfg.posterior_layout == "suffix"
+        slot_ids = [] if latents == "none" else list(self.cfg.prior_slot_ids)
+        layout = self.layout(
+            batch["prompt_ids"], batch["answer_ids"], slot_ids, self.cfg.posterior_slot_ids if suffix else None
+        )
+        images, embeds, positions = self.inputs(layout, batch)
+        if latents in ("pause", "none"):  # one pass, nothing to infer
+            hidden = self.run(layout, embeds, positions, images, stop=layout.answer_end)
+            return {"ntp_loss": -self.answer_log_probs(hidden, layout).mean(), "prior": None, "posterior": None}
 
-        hidden = self.hidden_states(layout, embeds, positions, images)
-        prior = self.prior_head(hidden[:, self.slots(layout)])
-        cols = layout.posterior_cols.to(device)[..., None].expand(-1, -1, hidden.shape[-1])
-        posterior = self.posterior_head(hidden.gather(1, cols))
+        # Variational pass over [x | P | y | Q]: P sees x only (prior), Q sees x and y (posterior).
+        x_end, start, cache = layout.prefix_len, 0, None
+        if self.reuse_prefix_cache:
+            cache, start = DynamicCache(), x_end
+            self.run(layout, embeds, positions, images, stop=x_end, cache=cache)
+        stop = layout.slots.stop if latents == "prior_mean" else layout.ids.shape[1]
+        hidden = self.run(layout, embeds, positions, images, stop=stop, start=start, cache=cache)
+        prior = self.prior_head(hidden[:, x_end - start : x_end - start + layout.k])
+        posterior = self.posterior(hidden, layout, start) if latents == "posterior" else None
 
-        z = posterior.sample() if latent_source == "posterior" else prior.mean
-        decoded = self.hidden_states(layout, self.with_latents(layout, embeds, z), positions, images)
-        ntp_loss = -self.answer_log_probs(decoded, layout).mean()
+        # Decode pass over [x | inj(Z) | y], continuing from x's cache (same position ids).
+        z = posterior.sample() if posterior is not None else prior.mean
+        if cache is not None:
+            cache.crop(x_end - stop)
+        decoded = self.run(
+            layout,
+            self.with_latents(layout, embeds, z),
+            positions,
+            images,
+            stop=layout.answer_end,
+            start=start,
+            cache=cache,
+        )
+        ntp_loss = -self.answer_log_probs(decoded, layout, start).mean()
         return {"ntp_loss": ntp_loss, "prior": prior, "posterior": posterior}
 
     # ---- inference: the prior only ------------------------------------------------------------
     @torch.no_grad()
+    def think(self, batch: dict, tau: float = 0.0, z: torch.Tensor | None = None) -> Thought:
+        """Prefill [x | P], read the prior, draw Z (or take `z`), recompute the slots as inj(Z)."""
+        layout = self.layout(batch["prompt_ids"], None, self.slot_ids())
+        images, embeds, positions = self.inputs(layout, batch)
+        cache, x_end, prior = DynamicCache(), layout.prefix_len, None
+        if self.cfg.slot_kind == "latent":
+            self.run(layout, embeds, positions, images, stop=x_end, cache=cache)
+            prior = self.prior_head(self.run(layout, embeds, positions, images, layout.slots.stop, x_end, cache))
+            cache.crop(-layout.k)
+            embeds = self.with_latents(layout, embeds, prior.sample(tau) if z is None else z)
+            hidden = self.run(layout, embeds, positions, images, layout.slots.stop, x_end, cache)
+        else:
+            hidden = self.run(layout, embeds, positions, images, layout.slots.stop, cache=cache)
+        next_position = positions.amax(dim=(0, 2)) + 1  # text after x continues from its largest position
+        return Thought(cache, layout.attention_mask.to(hidden.device), hidden[:, -1], next_position, prior)
+
+    def extend(self, thought: Thought, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Hidden states of text `tokens` (B, T) appended after the thought; advances it."""
+        device = thought.last_hidden.device
+        tokens, mask = tokens.to(device), mask.to(device)
+        thought.attention_mask = torch.cat([thought.attention_mask, mask.long()], 1)
+        positions = thought.next_position[:, None] + torch.arange(tokens.shape[1], device=device)
+        out = self.backbone.model(
+            input_ids=tokens,
+            attention_mask=thought.attention_mask,
+            position_ids=positions[None].expand(3, -1, -1),
+            cache=thought.cache,
+            use_cache=True,
+        )
+        thought.next_position = thought.next_position + tokens.shape[1]
+        return out.last_hidden_state
+
+    @torch.no_grad()
     def score_choices(self, batch: dict, choice_ids: list[list[list[int]]], tau: float = 0.0) -> torch.Tensor:
         """Log-likelihood of every option's answer given Z from the prior: (B, max options), -inf pads."""
-        device = self.backbone.device
-        grids = batch["image_grid_thw"].to(device)
-        images = self.encode_images(batch["pixel_values"].to(device), grids)
-        prefix = self.layout(batch["prompt_ids"], None, posterior=False)
-        prefix_embeds = self.backbone.get_input_embeddings()(prefix.ids.to(device))
-        prefix_hidden = self.hidden_states(prefix, prefix_embeds, self.positions(prefix, grids), images)
-        prior = self.prior_head(prefix_hidden[:, self.slots(prefix)])
-        z = prior.sample(tau)
+        thought = self.think(batch, tau)
+        owner = [i for i, options in enumerate(choice_ids) for _ in options]  # one row per option
+        thought.select(owner)
+        options = [c for cs in choice_ids for c in cs]
+        tokens = torch.full((len(options), max(map(len, options))), self.cfg.pad_id)
+        mask = torch.zeros_like(tokens, dtype=torch.bool)
+        for row, option in enumerate(options):
+            tokens[row, : len(option)], mask[row, : len(option)] = torch.tensor(option), True
+        hidden = self.extend(thought, tokens, mask)
+        # token t is predicted by the state before it: the thought's last column, then token t - 1
+        states = torch.cat([thought.last_hidden[:, None], hidden[:, :-1]], 1)
+        mask = mask.to(states.device)
+        log_probs = torch.log_softmax(self.backbone.lm_head(states[mask]).float(), -1)
+        token_scores = log_probs.gather(-1, tokens.to(states.device)[mask][:, None]).squeeze(-1)
+        row_scores = torch.zeros(len(options), device=states.device).index_add_(0, mask.nonzero()[:, 0], token_scores)
 
-        # One decode row per (question, option); each row repeats its question's images and Z.
-        owner = [i for i, options in enumerate(choice_ids) for _ in options]
-        first_image = torch.tensor([0] + batch["images_per_example"]).cumsum(0).tolist()
-        image_rows = [j for i in owner for j in range(first_image[i], first_image[i + 1])]
-        features = [images.pooler_output[j] for j in image_rows]
-        layout = self.layout(
-            [batch["prompt_ids"][i] for i in owner], [c for cs in choice_ids for c in cs], posterior=False
-        )
-        embeds = self.with_latents(layout, self.backbone.get_input_embeddings()(layout.ids.to(device)), z[owner])
-        hidden = self.hidden_states(
-            layout,
-            embeds,
-            self.positions(layout, grids[image_rows]),
-            BaseModelOutputWithPooling(pooler_output=features),
-        )
-        token_log_probs = self.answer_log_probs(hidden, layout)
-        row_of_token = layout.answer_mask.nonzero()[:, 0].to(device)
-        row_scores = torch.zeros(len(owner), device=device).index_add_(0, row_of_token, token_log_probs)
-
-        scores = torch.full((len(choice_ids), max(len(c) for c in choice_ids)), float("-inf"), device=device)
-        option = [j for options in choice_ids for j in range(len(options))]
-        scores[owner, option] = row_scores
+        scores = torch.full((len(choice_ids), max(len(c) for c in choice_ids)), float("-inf"), device=states.device)
+        scores[owner, [j for options in choice_ids for j in range(len(options))]] = row_scores
         return scores
+
+    @torch.no_grad()
+    def generate(self, batch: dict, max_new_tokens: int = 16, tau: float = 0.0) -> list[list[int]]:
+        """Greedy answers after thinking with Z from the prior; each stops at eos (not returned)."""
+        thought = self.think(batch, tau)
+        logits = self.backbone.lm_head(thought.last_hidden)
+        answers = [[] for _ in batch["prompt_ids"]]
+        running = torch.ones(len(answers), dtype=torch.bool, device=logits.device)
+        for _ in range(max_new_tokens):
+            token = logits.argmax(-1)
+            running &= token != self.cfg.eos_id
+            if not running.any():
+                break
+            for i in running.nonzero()[:, 0].tolist():
+                answers[i].append(int(token[i]))
+            logits = self.backbone.lm_head(self.extend(thought, token[:, None], running[:, None])[:, -1])
+        return answers
 
     # ---- save and load ------------------------------------------------------------------------
     def latent_state_dict(self) -> dict[str, torch.Tensor]:
@@ -245,7 +361,7 @@ class LatentReasoner(nn.Module):
             if not (folder / name).exists():
                 raise UserError(f"{folder}: missing {name}; is this a model folder written by `amvl convert`?")
         cfg = LatentConfig(**json.loads((folder / LATENT_CONFIG).read_text()))
-        backbone = Qwen2_5_VLForConditionalGeneration.from_pretrained(folder, dtype=dtype)
+        backbone = AutoModelForImageTextToText.from_pretrained(folder, dtype=dtype)
         model = cls(backbone, cfg)
         missing, unexpected = model.load_state_dict(load_file(folder / LATENT_WEIGHTS), strict=False)
         missing = [key for key in missing if not key.startswith("backbone.")]
@@ -254,10 +370,9 @@ class LatentReasoner(nn.Module):
         return model
 
 
-def wrap_backbone(backbone, tokenizer, model_cfg) -> LatentReasoner:
-    """Add the latent slots, heads and injector of the `model` config section to a backbone."""
-    from amvl.model.backbone import slot_tokens
-
+def wrap_backbone(backbone, tokenizer, model_cfg, slot_kind: str = "latent") -> LatentReasoner:
+    """Add the latent slots, heads and injector of the `model` config section to a backbone;
+    `slot_kind` comes from the objective (see LatentConfig)."""
     prior_tokens, posterior_tokens = slot_tokens(model_cfg.latent_slots)
     ids = tokenizer.convert_tokens_to_ids(prior_tokens + posterior_tokens)
     if tokenizer.unk_token_id is not None and tokenizer.unk_token_id in ids:
@@ -273,6 +388,9 @@ def wrap_backbone(backbone, tokenizer, model_cfg) -> LatentReasoner:
         posterior_logvar_bounds=tuple(model_cfg.posterior_logvar_bounds),
         embed_norm=float(embeddings.detach().float().norm(dim=-1).mean()),
         freeze_vision=model_cfg.freeze_vision,
+        slot_kind=slot_kind,
+        posterior_layout=model_cfg.posterior_layout,
+        eos_id=tokenizer.convert_tokens_to_ids(IM_END),
     )
     return LatentReasoner(backbone, cfg)
 
@@ -285,7 +403,5 @@ def save_skeleton(model: LatentReasoner, folder: Path) -> None:
 
 
 def load_skeleton(folder: Path) -> LatentReasoner:
-    from transformers import AutoConfig
-
     cfg = LatentConfig(**json.loads((Path(folder) / LATENT_CONFIG).read_text()))
-    return LatentReasoner(Qwen2_5_VLForConditionalGeneration(AutoConfig.from_pretrained(folder)), cfg)
+    return LatentReasoner(AutoModelForImageTextToText.from_config(AutoConfig.from_pretrained(folder)), cfg)

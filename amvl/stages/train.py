@@ -30,7 +30,13 @@ from amvl.data.collate import collate, encode
 from amvl.distributed import check_checkpoint_safe, import_deepspeed, latest_tag
 from amvl.errors import UserError
 from amvl.io import atomic_dir, write_json, write_text
-from amvl.model.backbone import build_image_processor, build_small_qwen, build_tokenizer, save_processors
+from amvl.model.backbone import (
+    build_image_processor,
+    build_small_qwen,
+    build_tokenizer,
+    load_pretrained,
+    save_processors,
+)
 from amvl.model.latent import save_skeleton, wrap_backbone
 from amvl.objectives import build_objective
 
@@ -72,12 +78,17 @@ def deepspeed_config(cfg) -> dict:
     return ds
 
 
-def build(cfg: Section, rows: list[dict], run_dir: Path):
-    """Tokenizer, image processor and model, all deterministic from the config and the data."""
-    corpus = [row["prompt"] + row["answer"] for row in rows]
-    tokenizer = build_tokenizer(corpus, cfg.model.vocab_size, cfg.model.latent_slots)
-    image_processor = build_image_processor(max(image.width for image in rows[0]["images"]))
-    model = wrap_backbone(build_small_qwen(cfg.model, tokenizer), tokenizer, cfg.model)
+def build(cfg: Section, rows: list[dict], run_dir: Path, slot_kind: str):
+    """Tokenizer, image processor and model: a small one, deterministic from the config and the
+    data, or a pretrained Qwen2.5-VL / Qwen2-VL from a local folder."""
+    if cfg.model.backbone == "pretrained":
+        backbone, tokenizer, image_processor = load_pretrained(Path(cfg.model.pretrained_path), cfg.model.latent_slots)
+    else:
+        corpus = [row["prompt"] + row["answer"] for row in rows]
+        tokenizer = build_tokenizer(corpus, cfg.model.vocab_size, cfg.model.latent_slots)
+        image_processor = build_image_processor(max(image.width for image in rows[0]["images"]))
+        backbone = build_small_qwen(cfg.model, tokenizer)
+    model = wrap_backbone(backbone, tokenizer, cfg.model, slot_kind)
     with atomic_dir(run_dir / "skeleton") as folder:
         save_processors(folder, tokenizer, image_processor)
         save_skeleton(model, folder)
@@ -133,8 +144,7 @@ def log_record(step: int, terms: dict, out: dict, lr: float, tokens_per_s: float
     return {
         "step": step,
         **{name: round(value.item(), 6) for name, value in terms.items()},
-        "sigma_prior": out["prior"].std.mean().item(),
-        "sigma_posterior": out["posterior"].std.mean().item(),
+        **{f"sigma_{side}": out[side].std.mean().item() for side in ("prior", "posterior") if out[side] is not None},
         "lr": lr,
         "tokens_per_s": round(tokens_per_s, 1),
     }
@@ -152,11 +162,11 @@ def run(cfg: dict, data_dir: Path, run_dir: Path, threads: int | None = None) ->
     rows = read_split(train_file, split="train")
     trained_on = {section: cfg[section] for section in STAGE_SECTIONS["train"]}
     claim_checkpoints(checkpoint_dir, fingerprint(trained_on, train_file))
-    tokenizer, image_processor, model = build(cfg, rows, run_dir)
-    examples = [encode(row, tokenizer, image_processor) for row in rows]
     objective = build_objective(
         cfg.objective.name, cfg.objective.beta, cfg.objective.gamma, cfg.objective.kl_slot_reduction
     )
+    tokenizer, image_processor, model = build(cfg, rows, run_dir, objective.slot_kind)
+    examples = [encode(row, tokenizer, image_processor) for row in rows]
 
     deepspeed = import_deepspeed()
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -182,7 +192,7 @@ def run(cfg: dict, data_dir: Path, run_dir: Path, threads: int | None = None) ->
             for micro in range(train.grad_accum):
                 torch.manual_seed(train.seed * 1_000_003 + step * train.grad_accum + micro)  # latent noise
                 batch = collate([examples[i] for i in batch_indices(step, micro, train, len(examples))])
-                out = engine(batch, latent_source=objective.latent_source)
+                out = engine(batch, latents=objective.latents)
                 terms = objective(out["ntp_loss"], out["prior"], out["posterior"], step)
                 if not torch.isfinite(terms["loss"]):
                     raise UserError(
