@@ -110,7 +110,7 @@ class Layout:
 
     @property
     def answer_end(self) -> int:
-        """First column after every answer: where the Q slots may start."""
+        """First column after the longest answer (the Q slots of that row start there)."""
         return self.prefix_len + self.k + int(self.answer_mask.sum(1).max())
 
 
