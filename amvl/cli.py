@@ -47,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, required=True, help="prepared dataset folder")
     p.add_argument("--out", type=Path, required=True, help="run folder, e.g. runs/amvl")
     p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)  # the deepspeed launcher's
 
     p = sub.add_parser("convert", help="DeepSpeed checkpoint -> models/<run>/ (safetensors)")
     add_config_args(p)

@@ -144,3 +144,10 @@ class Section(dict):
         except KeyError:
             raise AttributeError(name) from None
         return Section(value) if isinstance(value, dict) else value
+
+
+def train_command(cfg: dict, run: str) -> str:
+    """How the train rule starts `amvl`: directly, or through the run's multi-process launcher
+    (`deepspeed ...`, `torchrun ...`), which then starts `python -m amvl` once per process."""
+    launcher = resolve_run(cfg, run)["train"]["launcher"]
+    return f"{launcher} --module amvl" if launcher else "amvl"

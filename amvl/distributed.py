@@ -69,8 +69,15 @@ def load_fp32_state_dict(checkpoint_dir: Path, tag: str, zero_stage: int) -> dic
     """Full-precision module weights of a DeepSpeed checkpoint, whatever its ZeRO stage."""
     tag_dir = Path(checkpoint_dir) / tag
     check_checkpoint_safe(tag_dir)
-    if zero_stage == 0:  # no ZeRO shards: the weights sit in the model-states file
-        return torch.load(tag_dir / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=True)["module"]
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-    return get_fp32_state_dict_from_zero_checkpoint(str(checkpoint_dir), tag=tag)
+    # Stages 0-2 keep whole weights in the model-states file (in the training dtype); stage 3
+    # keeps placeholders there. ZeRO shards hold the fp32 master copy of the trained weights,
+    # but stage 1 leaves frozen ones (a frozen vision tower) out: take those from the module.
+    state = {}
+    if zero_stage < 3:
+        module = torch.load(tag_dir / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=True)["module"]
+        state = {name: tensor.float() if tensor.is_floating_point() else tensor for name, tensor in module.items()}
+    if zero_stage > 0:
+        state.update(get_fp32_state_dict_from_zero_checkpoint(str(checkpoint_dir), tag=tag))
+    return state

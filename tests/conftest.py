@@ -37,7 +37,7 @@ def copy_project(dest: Path) -> Path:
     """The workflow files of this checkout, without any outputs, in `dest`."""
     for name in ("Snakefile", "dvc.yaml", ".dvcignore", ".gitignore", "pyproject.toml"):
         shutil.copy2(REPO / name, dest / name)
-    for name in ("workflow", "config", "amvl", "envs", ".dvc"):
+    for name in ("workflow", "config", "amvl", "envs", ".dvc", "profiles"):
         shutil.copytree(REPO / name, dest / name, ignore=shutil.ignore_patterns("__pycache__", "tmp", "cache"))
     return dest
 

@@ -1,11 +1,15 @@
 """Real Snakemake and DVC on a copy of this checkout: the smoke DAG, rerun rules, versioning."""
 
 import json
+import os
 import re
 import shutil
+import signal
+import subprocess
+import time
 
 import pytest
-from conftest import copy_project, run_tool
+from conftest import copy_project, run_tool, tool_env
 
 from amvl.config import validate
 
@@ -101,7 +105,8 @@ def test_bad_config_stops_snakemake_with_one_line(smoke_project, tmp_path):
     errors = [line for line in (result.stdout + result.stderr).splitlines() if "error" in line.lower()]
     assert errors == [
         "config error: train.stepz: unknown key (allowed: batch_size, checkpoint_every, deepspeed_config, "
-        "grad_accum, grad_clip, keep_checkpoints, log_every, lr, seed, steps, threads, warmup_steps, weight_decay)"
+        "grad_accum, grad_clip, gradient_checkpointing, keep_checkpoints, latent_lr, launcher, log_every, lr, "
+        "monitor, precision, seed, steps, threads, warmup_steps, weight_decay)"
     ]
 
 
@@ -146,3 +151,61 @@ def test_dvc_push_then_pull_in_a_fresh_clone_recomputes_nothing(smoke_project, t
         "report": 1,
         "all": 1,
     }
+
+
+def test_sigkilled_training_resumes_where_it_stopped(tmp_path):
+    """SIGKILL Snakemake mid-training, rerun it: training resumes from the last checkpoint and
+    ends with the loss of an uninterrupted run."""
+    long = tmp_path / "long.yaml"
+    long.write_text("train:\n  steps: 150\n  checkpoint_every: 25\n  log_every: 25\nruns:\n  amvl: {}\n")
+    target = ["--cores", "2", *SMOKE, str(long), "--", "runs/amvl/train_summary.json"]
+    (tmp_path / "killed").mkdir(), (tmp_path / "reference").mkdir()
+    killed, reference = copy_project(tmp_path / "killed"), copy_project(tmp_path / "reference")
+
+    snakemake = subprocess.Popen(
+        ["snakemake", *target], cwd=killed, env=tool_env(), start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    latest, deadline = killed / "runs/amvl/checkpoints/latest", time.time() + 300
+    while not latest.exists() and snakemake.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    os.killpg(snakemake.pid, signal.SIGKILL)  # Snakemake and the training process with it
+    snakemake.wait()
+    stopped_at = int(latest.read_text().removeprefix("step_"))
+    assert stopped_at < 150 and not (killed / "runs/amvl/train_summary.json").exists()
+
+    run_tool(
+        ["snakemake", "--unlock", "--cores", "1", *SMOKE, str(long)], cwd=killed
+    )  # what Snakemake asks for after a kill
+    run_tool(["snakemake", *target], cwd=killed)
+    assert f"(step {stopped_at})" in (killed / "logs/train/amvl.log").read_text()  # resumed, not restarted
+    run_tool(["snakemake", *target], cwd=reference)
+    resumed, uninterrupted = (
+        json.loads((project / "runs/amvl/train_summary.json").read_text()) for project in (killed, reference)
+    )
+    assert resumed["final"]["loss"] == pytest.approx(uninterrupted["final"]["loss"], rel=1e-5)
+    steps = [json.loads(line)["step"] for line in (killed / "runs/amvl/train_log.jsonl").read_text().splitlines()]
+    assert steps == list(range(25, 151, 25))
+
+
+def test_slurm_profile_gives_train_a_gpu_node_and_the_launcher(tmp_path):
+    """The real-scale config through the SLURM profile, as a dry run (no cluster here)."""
+    project = copy_project(tmp_path)
+    (tmp_path / "Monet-SFT-125K").mkdir()
+    local = tmp_path / "local.yaml"
+    local.write_text(f"data:\n  train_records: {tmp_path / 'Monet-SFT-125K'}\n")
+    args = [
+        "snakemake",
+        "-n",
+        "-p",
+        "--profile",
+        "profiles/slurm",
+        "--configfile",
+        "config/real_scale.yaml",
+        str(local),
+    ]
+    out = run_tool(args, cwd=project).stdout
+    train_job = out.split("rule train:")[1].split("rule ")[0]
+    assert "slurm_partition=gpu" in train_job and "gpu=8" in train_job and "runtime=2880" in train_job
+    assert "Shell command: torchrun --nproc_per_node 8 --module amvl train --config-json" in train_job
+    assert re.search(r"^train\s+2$", out, re.MULTILINE)  # the amvl and ntp runs

@@ -92,7 +92,7 @@ class LatentInjector(nn.Module):
         self.register_buffer("embed_norm", torch.tensor(float(embed_norm)))
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.proj(z), dim=-1) * self.embed_norm
+        return F.normalize(self.proj(z.to(self.proj.weight.dtype)), dim=-1) * self.embed_norm
 
 
 @dataclass

@@ -8,6 +8,8 @@ rule train:
         "runs/{run}/train_summary.json",
     params:
         config=lambda w: stage_json("train", w.run),
+        # `amvl`, or the configured launcher (deepspeed, torchrun) starting `python -m amvl` per process
+        amvl=lambda w: amvl_config.train_command(config, w.run),
         data=lambda w, input: os.path.dirname(input.train),
     threads: workflow.cores
     conda:
@@ -15,5 +17,5 @@ rule train:
     log:
         "logs/train/{run}.log",
     shell:
-        "amvl train --config-json {params.config:q} --data {params.data} --out runs/{wildcards.run}"
+        "{params.amvl} train --config-json {params.config:q} --data {params.data} --out runs/{wildcards.run}"
         " --threads {threads} 2>&1 | tee {log}"
