@@ -54,12 +54,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", type=Path, required=True, help="run folder written by `amvl train`")
     p.add_argument("--out", type=Path, required=True, help="model folder to write")
 
-    p = sub.add_parser("evaluate", help="score the val split with latents from the prior")
+    p = sub.add_parser("evaluate", help="answer the val (or test) split with latents from the prior")
     add_config_args(p, with_run=True)
     p.add_argument("--model", type=Path, required=True, help="model folder written by `amvl convert`")
     p.add_argument("--data", type=Path, required=True, help="prepared dataset folder")
     p.add_argument("--out", type=Path, required=True, help="results folder, e.g. results/amvl")
     p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--limit", type=int, help="questions per subtask, for a quick look (overrides evaluate.limit)")
 
     p = sub.add_parser("data", help="look at datasets")
     data = p.add_subparsers(dest="data_command", required=True)
@@ -103,8 +104,13 @@ def dispatch(args) -> int:
     elif args.stage == "evaluate":
         from amvl.stages import evaluate
 
+        if args.limit is not None:
+            cfg["evaluate"]["limit"] = args.limit
         metrics = evaluate.run(cfg, args.model, args.data, args.out, threads=args.threads)
-        print(f"macro accuracy {metrics['macro_accuracy']:.3f}  micro {metrics['micro_accuracy']:.3f}")
+        if "macro_accuracy" in metrics:
+            print(f"macro accuracy {metrics['macro_accuracy']:.3f}  micro {metrics['micro_accuracy']:.3f}")
+        else:
+            print(f"{metrics['questions']} answers in {args.out / 'submission.json'}")
     elif args.stage == "report":
         from amvl.stages import report
 

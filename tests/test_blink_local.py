@@ -1,5 +1,6 @@
 """Real BLINK layouts, built here with `datasets` exactly as the Hugging Face repo stores them."""
 
+import json
 import subprocess
 import sys
 
@@ -122,6 +123,20 @@ def test_prepare_from_blink_writes_val_and_test_with_the_official_prompts(blink_
     assert all(r["prompt"].startswith(r["question"]) for r in val if r["sub_task"] == "Counting")
     test = read_split(tmp_path / "data" / "test.parquet", split="test")
     assert {r["answer"] for r in test} == {"hidden"}
+
+    # Train on the records, then answer BLINK's hidden test split: a submission file.
+    from amvl.stages import convert, evaluate, train
+
+    cfg["train"].update(steps=2, batch_size=2, warmup_steps=1, checkpoint_every=2)
+    cfg["model"]["vocab_size"] = 320
+    cfg["evaluate"].update(split="test", max_new_tokens=4)
+    train.run(cfg, tmp_path / "data", tmp_path / "run")
+    convert.run(cfg, tmp_path / "run", tmp_path / "model")
+    metrics = evaluate.run(cfg, tmp_path / "model", tmp_path / "data", tmp_path / "results")
+    submission = json.loads((tmp_path / "results" / "submission.json").read_text())
+    assert sorted(submission) == sorted(r["idx"] for r in test) and metrics["questions"] == len(test)
+    assert set(submission.values()) <= {"(A)", "(B)", "(C)", "(D)", "(E)", "(Z)"} and "macro_accuracy" not in metrics
+    assert json.loads((tmp_path / "results" / "Jigsaw.json").read_text())["test"][0]["answer"] == "hidden"
 
 
 def test_blink_source_needs_a_root_and_training_records(tmp_path):

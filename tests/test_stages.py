@@ -68,8 +68,22 @@ def test_convert_then_evaluate_then_report(trained, prepared_data, tmp_path):
     assert set(metrics["per_task"]) == set(subtasks)
     assert all(0.0 <= v <= 1.0 for v in metrics["per_task"].values())
     assert metrics["macro_accuracy"] == pytest.approx(sum(metrics["per_task"].values()) / len(subtasks))
-    predictions = (tmp_path / "results" / "amvl" / "predictions.jsonl").read_text().splitlines()
-    assert len(predictions) == 4 * len(subtasks)
+    for task in subtasks:  # the official per-subtask layout
+        official = json.loads((tmp_path / "results" / "amvl" / f"{task}.json").read_text())["val"]
+        assert len(official) == 4 and set(official[0]) == {"idx", "answer", "full_prediction", "prediction"}
+        assert all(p["prediction"] in ("(A)", "(B)", "(C)", "(D)", "(Z)") for p in official)
+    diagnostics = metrics["diagnostics"]
+    assert diagnostics["leakage_gap"] == pytest.approx(diagnostics["oracle_accuracy"] - diagnostics["prior_accuracy"])
+    k = loaded.cfg.k
+    assert len(diagnostics["slot_similarity"]) == k and diagnostics["slot_similarity"][0][0] == pytest.approx(1.0)
+    assert len(diagnostics["modality_sensitivity"]["image"]) == k and set(diagnostics["tau_sweep"]) == {
+        "0.0",
+        "0.2",
+        "1.0",
+    }
+    assert set(diagnostics["ablations"]) == {"zero", "noise", "shuffled"} and set(metrics["fallback_rate"]) == set(
+        subtasks
+    )
 
     report.run(
         {}, [tmp_path / "results" / "amvl" / "metrics.json"], [run_dir / "train_summary.json"], tmp_path / "reports"

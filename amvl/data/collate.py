@@ -24,7 +24,7 @@ class Example:
     prompt_ids: list[int]
     answer_ids: list[int]  # the gold answer, "(X)<|im_end|>" (or free text for a training record)
     choice_ids: list[list[int]]  # every option's answer, in letter order; [] without choices
-    answer_index: int  # -1 without choices
+    answer_index: int  # -1 without choices or with a hidden answer
     pixel_values: torch.Tensor  # (patches, channels * temporal * patch * patch)
     image_grid_thw: torch.Tensor  # (images, 3)
 
@@ -38,12 +38,15 @@ def encode(row: dict, tokenizer, image_processor) -> Example:
     pixels = image_processor(images=row["images"], return_tensors="pt")
     grids = pixels["image_grid_thw"]
     choice_ids = [tokenizer(letter(i) + IM_END).input_ids for i in range(len(row["choices"] or []))]
-    answer_index = LETTERS.index(row["answer"][1]) if choice_ids else -1
+    known = choice_ids and row["answer"] in [letter(i) for i in range(len(choice_ids))]  # test rows: "hidden"
+    answer_index = LETTERS.index(row["answer"][1]) if known else -1
     return Example(
         idx=row["idx"],
         sub_task=row["sub_task"],
         prompt_ids=tokenizer(prompt_text(row["prompt"], grids)).input_ids,
-        answer_ids=choice_ids[answer_index] if choice_ids else tokenizer(row["answer"] + IM_END).input_ids,
+        answer_ids=(choice_ids[answer_index] if known else [])
+        if choice_ids
+        else tokenizer(row["answer"] + IM_END).input_ids,
         choice_ids=choice_ids,
         answer_index=answer_index,
         pixel_values=pixels["pixel_values"],

@@ -230,9 +230,10 @@ class LatentReasoner(nn.Module):
         return self.posterior_head(torch.cat([hidden[:, slots], pooled[:, None].expand(-1, layout.k, -1)], -1))
 
     # ---- training ---------------------------------------------------------------------------
-    def forward(self, batch: dict, latents: str = "posterior") -> dict:
+    def forward(self, batch: dict, latents: str = "posterior", decode: bool = True) -> dict:
         """L_ntp(y | x, Z) with Z from `latents`: "posterior" (Z ~ q, the variational objectives),
-        "prior_mean" (latent_det), "pause" or "none" (no Z). Returns the loss, prior and posterior."""
+        "prior_mean" (latent_det), "pause" or "none" (no Z). Returns the loss, prior and posterior
+        (with `decode=False` only the latter two: the variational pass alone)."""
         suffix = latents == "posterior" and self.cfg.posterior_layout == "suffix"
         slot_ids = [] if latents == "none" else list(self.cfg.prior_slot_ids)
         layout = self.layout(
@@ -252,6 +253,8 @@ class LatentReasoner(nn.Module):
         hidden = self.run(layout, embeds, positions, images, stop=stop, start=start, cache=cache)
         prior = self.prior_head(hidden[:, x_end - start : x_end - start + layout.k])
         posterior = self.posterior(hidden, layout, start) if latents == "posterior" else None
+        if not decode:
+            return {"prior": prior, "posterior": posterior}
 
         # Decode pass over [x | inj(Z) | y], continuing from x's cache (same position ids).
         z = posterior.sample() if posterior is not None else prior.mean
@@ -304,9 +307,9 @@ class LatentReasoner(nn.Module):
         return out.last_hidden_state
 
     @torch.no_grad()
-    def score_choices(self, batch: dict, choice_ids: list[list[list[int]]], tau: float = 0.0) -> torch.Tensor:
-        """Log-likelihood of every option's answer given Z from the prior: (B, max options), -inf pads."""
-        thought = self.think(batch, tau)
+    def score_choices(self, batch: dict, choice_ids: list[list[list[int]]], tau: float = 0.0, z=None) -> torch.Tensor:
+        """Log-likelihood of every option's answer given Z from the prior (or `z`): (B, max options), -inf pads."""
+        thought = self.think(batch, tau, z)
         owner = [i for i, options in enumerate(choice_ids) for _ in options]  # one row per option
         thought.select(owner)
         options = [c for cs in choice_ids for c in cs]
@@ -327,9 +330,9 @@ class LatentReasoner(nn.Module):
         return scores
 
     @torch.no_grad()
-    def generate(self, batch: dict, max_new_tokens: int = 16, tau: float = 0.0) -> list[list[int]]:
-        """Greedy answers after thinking with Z from the prior; each stops at eos (not returned)."""
-        thought = self.think(batch, tau)
+    def generate(self, batch: dict, max_new_tokens: int = 16, tau: float = 0.0, z=None) -> list[list[int]]:
+        """Greedy answers after thinking with Z from the prior (or `z`); each stops at eos (not returned)."""
+        thought = self.think(batch, tau, z)
         logits = self.backbone.lm_head(thought.last_hidden)
         answers = [[] for _ in batch["prompt_ids"]]
         running = torch.ones(len(answers), dtype=torch.bool, device=logits.device)

@@ -1,8 +1,16 @@
-"""evaluate: answer the val split with latents from the prior only; per-subtask accuracy.
+"""evaluate: answer a split with latents from the prior only, as BLINK's official protocol does.
 
-Each option's answer ("(A)<|im_end|>", ...) is scored by its log-likelihood given the prompt
-and Z drawn from the prior at temperature tau (0 = the prior mean); the best one is the
-prediction. Writes results/<run>/metrics.json and predictions.jsonl.
+Each question is prompted with its row's prompt and images in order (the disclaimer, where the
+official evaluation adds one, was put in at prepare). `evaluate.mode`:
+- `generate`: greedy answer after thinking with Z from the prior at temperature tau, parsed
+  by `extract_choice` in the official order (with an offline fallback for the GPT matcher);
+- `likelihood`: the option letter with the highest log-likelihood.
+
+results/<run>/
+  <Subtask>.json    {"<split>": [{"idx", "answer", "full_prediction", "prediction"}]}, the official layout
+  submission.json   test split only: {idx: "(X)"} over every subtask, for the BLINK leaderboard
+  metrics.json      macro (the official score) and micro accuracy, per subtask, chance, fallback
+                    rate, and the leakage diagnostics (val split); written last
 """
 
 from __future__ import annotations
@@ -17,8 +25,10 @@ from rich.progress import track
 from amvl.config import Section
 from amvl.data.blink import letter, read_split
 from amvl.data.collate import collate, encode
+from amvl.evaluation import diagnostics
+from amvl.evaluation.extract import extract_choice_route
 from amvl.evaluation.metrics import accuracy_table
-from amvl.io import write_json, write_text
+from amvl.io import write_json
 from amvl.model.backbone import load_processors
 from amvl.model.latent import LatentReasoner
 
@@ -35,6 +45,21 @@ def limit_per_task(rows: list[dict], limit: int) -> list[dict]:
     return kept
 
 
+def answer(model, tokenizer, chunk, rows, cfg) -> list[tuple[str, str, str]]:
+    """(prediction, full prediction, route) per question of the chunk."""
+    batch = collate(chunk)
+    if cfg.mode == "likelihood":
+        scores = model.score_choices(batch, [e.choice_ids for e in chunk], tau=cfg.tau)
+        return [(letter(i), letter(i), "likelihood") for i in scores.argmax(-1).tolist()]
+    generated = model.generate(batch, max_new_tokens=cfg.max_new_tokens, tau=cfg.tau)
+    out = []
+    for tokens, row in zip(generated, rows):
+        text = tokenizer.decode(tokens, skip_special_tokens=True)
+        choice, route = extract_choice_route(text, row["choices"])
+        out.append((choice, text, route))
+    return out
+
+
 def run(cfg: dict, model_dir: Path, data_dir: Path, out_dir: Path, threads: int | None = None) -> dict:
     cfg = Section(cfg).evaluate
     if threads:
@@ -45,24 +70,42 @@ def run(cfg: dict, model_dir: Path, data_dir: Path, out_dir: Path, threads: int 
     tokenizer, image_processor = load_processors(model_dir)
     examples = [encode(row, tokenizer, image_processor) for row in rows]
 
-    predictions = []
-    batches = range(0, len(examples), cfg.batch_size)
-    for start in track(batches, description="evaluate"):
-        chunk = examples[start : start + cfg.batch_size]
-        scores = model.score_choices(collate(chunk), [e.choice_ids for e in chunk], tau=cfg.tau)
-        for example, row_scores in zip(chunk, scores.argmax(-1).tolist()):
-            predictions.append(
+    records = []
+    for start in track(range(0, len(examples), cfg.batch_size), description=f"evaluate ({cfg.mode})"):
+        chunk, chunk_rows = examples[start : start + cfg.batch_size], rows[start : start + cfg.batch_size]
+        for row, (prediction, full, route) in zip(chunk_rows, answer(model, tokenizer, chunk, chunk_rows, cfg)):
+            records.append(
                 {
-                    "idx": example.idx,
-                    "sub_task": example.sub_task,
-                    "answer": letter(example.answer_index),
-                    "prediction": letter(row_scores),
-                    "options": len(example.choice_ids),
+                    "idx": row["idx"],
+                    "sub_task": row["sub_task"],
+                    "answer": row["answer"],
+                    "full_prediction": full,
+                    "prediction": prediction,
+                    "route": route,
+                    "options": len(row["choices"]),
                 }
             )
 
-    metrics = {**accuracy_table(predictions), "split": cfg.split, "tau": cfg.tau, "latents": "prior"}
     out_dir = Path(out_dir)
-    write_text(out_dir / "predictions.jsonl", "".join(json.dumps(p) + "\n" for p in predictions))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for task in sorted({r["sub_task"] for r in records}):
+        official = [
+            {k: r[k] for k in ("idx", "answer", "full_prediction", "prediction")}
+            for r in records
+            if r["sub_task"] == task
+        ]
+        write_json(out_dir / f"{task}.json", {cfg.split: official})
+    metrics = {"split": cfg.split, "mode": cfg.mode, "tau": cfg.tau, "latents": "prior", "questions": len(records)}
+    if cfg.split == "test":  # answers hidden: nothing to score, a file to submit
+        write_json(out_dir / "submission.json", {r["idx"]: r["prediction"] for r in records})
+    else:
+        metrics.update(accuracy_table(records))
+        fallback = defaultdict(list)
+        for r in records:
+            fallback[r["sub_task"]].append(r["route"] == "fallback")
+        metrics["fallback_rate"] = {task: sum(f) / len(f) for task, f in sorted(fallback.items())}
+        if cfg.diagnostics and model.cfg.slot_kind == "latent":
+            specials = set(tokenizer.all_special_ids) | set(tokenizer.added_tokens_decoder)  # chat, vision, slots
+            metrics["diagnostics"] = diagnostics.leakage(model, examples, cfg.batch_size, list(cfg.taus), specials)
     write_json(out_dir / "metrics.json", metrics)  # last: the rule's output marks completion
     return metrics

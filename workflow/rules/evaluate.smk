@@ -1,12 +1,12 @@
 rule evaluate:
     input:
         model="models/{run}",
-        val=f"{DATA}/val.parquet",
+        split=lambda w: f"{DATA}/{amvl_config.resolve_run(config, w.run)['evaluate']['split']}.parquet",
     output:
         "results/{run}/metrics.json",
     params:
         config=lambda w: stage_json("evaluate", w.run),
-        data=lambda w, input: os.path.dirname(input.val),
+        data=lambda w, input: os.path.dirname(input.split),
     threads: workflow.cores
     conda:
         "../../envs/amvl.yaml"

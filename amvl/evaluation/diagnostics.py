@@ -1,0 +1,132 @@
+"""Leakage diagnostics (AMVL.md section 5): does Z carry the answer, and is Z used at all?
+
+Every accuracy here scores the options by likelihood (deterministic, independent of how a
+generated answer is parsed). On the evaluation split, for a model with latent slots:
+
+- prior vs oracle accuracy: Z = prior mean (what exists at test time) vs the posterior mean
+  given the gold answer; the leakage gap is oracle - prior;
+- follow-wrong rate: Z = posterior mean given a wrong option; how often the prediction follows
+  it, beside the rate expected if Z were ignored, (1 - prior accuracy) / (options - 1);
+- answer-swap sensitivity: variance of the posterior mean across the candidate answers;
+- contamination: mean KL(q || p) given the gold answer, and the mean prior variance;
+- latent ablations: Z zero, Gaussian noise, or another question's prior mean;
+- a temperature sweep of the prior;
+- the k x k cosine similarity of prior means, and how far each slot's prior mean moves when the
+  image vs the text of the question is perturbed (relative to its norm).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from amvl.data.collate import Example, collate
+from amvl.objectives import DiagGaussian, gaussian_kl
+
+
+def chunks(items: list, size: int):
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+@torch.no_grad()
+def latents(model, examples: list[Example], batch_size: int, answers: list[list[int]] | None = None) -> dict:
+    """Prior and posterior (given `answers`, default the gold ones) for every example, concatenated."""
+    priors, posteriors = [], []
+    for i, chunk in enumerate(chunks(examples, batch_size)):
+        if answers is not None:
+            chunk = [dataclasses.replace(e, answer_ids=a) for e, a in zip(chunk, answers[i * batch_size :])]
+        out = model(collate(chunk), latents="posterior", decode=False)
+        priors.append(out["prior"])
+        posteriors.append(out["posterior"])
+    cat = lambda gs: DiagGaussian(torch.cat([g.mean for g in gs]), torch.cat([g.logvar for g in gs]))  # noqa: E731
+    return {"prior": cat(priors), "posterior": cat(posteriors)}
+
+
+@torch.no_grad()
+def predictions(model, examples: list[Example], batch_size: int, tau: float = 0.0, z=None) -> torch.Tensor:
+    """Index of the best-scoring option per example, with Z from the prior at `tau` or `z`."""
+    picks = []
+    for i, chunk in enumerate(chunks(examples, batch_size)):
+        z_chunk = None if z is None else z[i * batch_size : i * batch_size + len(chunk)]
+        scores = model.score_choices(collate(chunk), [e.choice_ids for e in chunk], tau=tau, z=z_chunk)
+        picks.append(scores.argmax(-1).cpu())
+    return torch.cat(picks)
+
+
+def perturbed(example: Example, part: str, generator: torch.Generator, specials: set[int], vocab: int) -> Example:
+    """The example with Gaussian noise on its pixels, or 20% of its text tokens replaced."""
+    if part == "image":
+        noise = torch.randn(example.pixel_values.shape, generator=generator) * 0.5
+        return dataclasses.replace(example, pixel_values=example.pixel_values + noise)
+    ids = list(example.prompt_ids)
+    text_positions = [i for i, t in enumerate(ids) if t not in specials]
+    count = max(1, len(text_positions) // 5)
+    for j in torch.randperm(len(text_positions), generator=generator)[:count].tolist():
+        ids[text_positions[j]] = int(torch.randint(vocab, (1,), generator=generator))
+        while ids[text_positions[j]] in specials:
+            ids[text_positions[j]] = int(torch.randint(vocab, (1,), generator=generator))
+    return dataclasses.replace(example, prompt_ids=ids)
+
+
+def leakage(model, examples: list[Example], batch_size: int, taus: list[float], specials: set[int]) -> dict:
+    """Every diagnostic of the module docstring, as plain numbers and lists (JSON-ready)."""
+    torch.manual_seed(0)
+    gold = torch.tensor([e.answer_index for e in examples])
+    options = torch.tensor([len(e.choice_ids) for e in examples])
+    accuracy = lambda picks: (picks == gold).float().mean().item()  # noqa: E731
+
+    given_gold = latents(model, examples, batch_size)
+    prior, posterior = given_gold["prior"], given_gold["posterior"]
+    wrong = (gold + 1) % options
+    given_wrong = latents(model, examples, batch_size, [e.choice_ids[w] for e, w in zip(examples, wrong.tolist())])
+
+    prior_accuracy = accuracy(predictions(model, examples, batch_size, z=prior.mean))
+    oracle_accuracy = accuracy(predictions(model, examples, batch_size, z=posterior.mean))
+    follow_wrong = (predictions(model, examples, batch_size, z=given_wrong["posterior"].mean) == wrong).float().mean()
+    ignored_level = ((1 - prior_accuracy) / (options - 1).float()).mean()
+
+    swap_means = [  # posterior mean given each candidate, (candidates, B, k, d) padded with the gold one
+        latents(model, examples, batch_size, [e.choice_ids[min(j, len(e.choice_ids) - 1)] for e in examples])[
+            "posterior"
+        ].mean
+        for j in range(int(options.max()))
+    ]
+    swap_variance = torch.stack(
+        [torch.stack(swap_means[:n])[:, i].var(0, unbiased=False).mean() for i, n in enumerate(options.tolist())]
+    ).mean()
+
+    shuffled = prior.mean.roll(1, dims=0)  # each question gets its neighbour's latents
+    ablations = {
+        "zero": accuracy(predictions(model, examples, batch_size, z=torch.zeros_like(prior.mean))),
+        "noise": accuracy(predictions(model, examples, batch_size, z=torch.randn_like(prior.mean))),
+        "shuffled": accuracy(predictions(model, examples, batch_size, z=shuffled)),
+    }
+    tau_sweep = {str(tau): accuracy(predictions(model, examples, batch_size, tau=tau)) for tau in taus}
+
+    unit = torch.nn.functional.normalize(prior.mean, dim=-1)
+    slot_similarity = (unit @ unit.transpose(1, 2)).mean(0)
+    generator = torch.Generator().manual_seed(0)
+    vocab = model.backbone.get_input_embeddings().weight.shape[0]
+    sensitivity = {}
+    for part in ("image", "text"):
+        moved = [perturbed(e, part, generator, specials, vocab) for e in examples]
+        shift = (latents(model, moved, batch_size)["prior"].mean - prior.mean).norm(dim=-1)
+        sensitivity[part] = (shift.mean(0) / prior.mean.norm(dim=-1).mean(0)).tolist()
+
+    return {
+        "prior_accuracy": prior_accuracy,
+        "oracle_accuracy": oracle_accuracy,
+        "leakage_gap": oracle_accuracy - prior_accuracy,
+        "follow_wrong_rate": follow_wrong.item(),
+        "follow_wrong_if_ignored": ignored_level.item(),
+        "answer_swap_variance": swap_variance.item(),
+        "kl_posterior_prior": gaussian_kl(posterior, prior).mean().item(),
+        "prior_variance": prior.logvar.exp().mean().item(),
+        "posterior_variance": posterior.logvar.exp().mean().item(),
+        "ablations": ablations,
+        "tau_sweep": tau_sweep,
+        "slot_similarity": slot_similarity.tolist(),
+        "modality_sensitivity": sensitivity,
+    }
