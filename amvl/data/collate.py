@@ -2,7 +2,8 @@
 
 The prompt follows Qwen2.5-VL's chat format: each image is `<|vision_start|>`, one
 `<|image_pad|>` per merged patch, `<|vision_end|>`, in the order image_1..image_4, then the row's
-prompt. The target is the answer letter as BLINK writes it, "(A)", then `<|im_end|>`.
+prompt. The target is the answer letter as BLINK writes it, "(A)", optionally followed by the
+option's text (`model.answer_format`), then `<|im_end|>`.
 """
 
 from __future__ import annotations
@@ -34,10 +35,20 @@ def prompt_text(prompt: str, grids: torch.Tensor) -> str:
     return f"{IM_START}user\n{images}{prompt}{IM_END}\n{IM_START}assistant\n"
 
 
-def encode(row: dict, tokenizer, image_processor) -> Example:
+ANSWER_FORMATS = ("letter", "letter_and_option")
+
+
+def answer_text(index: int, option: str, answer_format: str) -> str:
+    """The target for option `index`: "(A)", or "(A) the red square" (the letter then decides the
+    tokens after it, so its identity is kept in the hidden states a posterior reads)."""
+    return letter(index) if answer_format == "letter" else f"{letter(index)} {option}"
+
+
+def encode(row: dict, tokenizer, image_processor, answer_format: str = "letter") -> Example:
     pixels = image_processor(images=row["images"], return_tensors="pt")
     grids = pixels["image_grid_thw"]
-    choice_ids = [tokenizer(letter(i) + IM_END).input_ids for i in range(len(row["choices"] or []))]
+    options = row["choices"] or []
+    choice_ids = [tokenizer(answer_text(i, c, answer_format) + IM_END).input_ids for i, c in enumerate(options)]
     known = choice_ids and row["answer"] in [letter(i) for i in range(len(choice_ids))]  # test rows: "hidden"
     answer_index = LETTERS.index(row["answer"][1]) if known else -1
     return Example(

@@ -57,6 +57,7 @@ class LatentConfig:
     slot_kind: str = "latent"
     posterior_layout: str = "suffix"  # how q sees y: Q slots after y, or [h_P ; mean-pooled h_y]
     eos_id: int | None = None  # where generation stops
+    answer_format: str = "letter"  # how answers were written in training (amvl.data.collate.ANSWER_FORMATS)
 
 
 class GaussianHead(nn.Module):
@@ -394,6 +395,7 @@ def wrap_backbone(backbone, tokenizer, model_cfg, slot_kind: str = "latent") -> 
         slot_kind=slot_kind,
         posterior_layout=model_cfg.posterior_layout,
         eos_id=tokenizer.convert_tokens_to_ids(IM_END),
+        answer_format=model_cfg.answer_format,
     )
     return LatentReasoner(backbone, cfg)
 

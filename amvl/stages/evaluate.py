@@ -68,7 +68,7 @@ def run(cfg: dict, model_dir: Path, data_dir: Path, out_dir: Path, threads: int 
     rows = limit_per_task(read_split(Path(data_dir) / f"{cfg.split}.parquet", split=cfg.split), cfg.limit)
     model = LatentReasoner.load(model_dir).eval()
     tokenizer, image_processor = load_processors(model_dir)
-    examples = [encode(row, tokenizer, image_processor) for row in rows]
+    examples = [encode(row, tokenizer, image_processor, model.cfg.answer_format) for row in rows]
 
     records = []
     for start in track(range(0, len(examples), cfg.batch_size), description=f"evaluate ({cfg.mode})"):

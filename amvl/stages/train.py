@@ -230,7 +230,7 @@ def run(cfg: dict, data_dir: Path, run_dir: Path, threads: int | None = None) ->
         cfg.objective.name, cfg.objective.beta, cfg.objective.gamma, cfg.objective.kl_slot_reduction
     )
     tokenizer, image_processor, model = build(cfg, rows, run_dir, objective.slot_kind, write=rank == 0)
-    examples = [encode(row, tokenizer, image_processor) for row in rows]
+    examples = [encode(row, tokenizer, image_processor, cfg.model.answer_format) for row in rows]
     optimizer = torch.optim.AdamW(optimizer_groups(model, train), weight_decay=train.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, train))
     engine, _, _, _ = deepspeed.initialize(

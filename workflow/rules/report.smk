@@ -4,7 +4,9 @@ rule report:
         summaries=expand("runs/{run}/train_summary.json", run=RUNS),
     output:
         report="reports/report.md",
-        curves="reports/training_curves.png",
+        # also in `snakemake --report report.html`: the self-contained page and its main figures
+        html=report("reports/report.html", category="AMVL report"),
+        curves=report("reports/training_curves.png", category="Figures"),
     params:
         config=stage_json("report"),
     conda:
