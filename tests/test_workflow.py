@@ -9,6 +9,7 @@ import subprocess
 import time
 
 import pytest
+import yaml
 from conftest import copy_project, run_tool, tool_env
 
 from amvl.config import validate
@@ -33,9 +34,13 @@ def smoke_project(tmp_path_factory):
     return project
 
 
-def test_default_config_plans_one_job_per_stage(tmp_path):
+def test_default_config_plans_the_grid(tmp_path):
+    """One prepare, a train/convert/evaluate chain per run (at least ntp, elbo, fwd, rev, amvl), one report."""
     project = copy_project(tmp_path)
-    assert planned(project) == {"prepare": 1, "train": 1, "convert": 1, "evaluate": 1, "report": 1, "all": 1}
+    runs = validate(yaml.safe_load((project / "config/config.yaml").read_text()))["runs"]
+    assert {"ntp", "elbo", "fwd", "rev", "amvl"} <= set(runs)
+    n = len(runs)
+    assert planned(project) == {"prepare": 1, "train": n, "convert": n, "evaluate": n, "report": 1, "all": 1}
 
 
 def test_smoke_dag_writes_every_stage_output(smoke_project):
@@ -45,7 +50,9 @@ def test_smoke_dag_writes_every_stage_output(smoke_project):
         "runs/amvl/train_summary.json",
         "models/amvl/model.safetensors",
         "results/amvl/metrics.json",
+        "results/amvl/Counting.json",
         "reports/report.md",
+        "reports/report.html",
         "reports/training_curves.png",
     ):
         assert (smoke_project / path).exists(), path
@@ -79,6 +86,10 @@ def test_every_objective_trains_logs_its_terms_and_is_evaluated(smoke_project):
         amvl_config = json.loads((smoke_project / "models" / run / "amvl_config.json").read_text())
         assert amvl_config["slot_kind"] == {"ntp": "none", "ntp_pause": "pause"}.get(run, "latent")
         assert f"| {run} |" in report
+        metrics = json.loads((smoke_project / "results" / run / "metrics.json").read_text())
+        assert ("diagnostics" in metrics) == (run not in ("ntp", "ntp_pause")), run
+    html = (smoke_project / "reports/report.html").read_text()
+    assert html.count("data:image/png;base64,") >= 6 and "Leakage diagnostics" in html
 
 
 def test_editing_a_training_value_reruns_train_and_after_not_prepare(smoke_project, tmp_path):

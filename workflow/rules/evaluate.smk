@@ -7,7 +7,7 @@ rule evaluate:
     params:
         config=lambda w: stage_json("evaluate", w.run),
         data=lambda w, input: os.path.dirname(input.split),
-    threads: workflow.cores
+    threads: lambda w: amvl_config.resolve_run(config, w.run)["train"]["threads"] or workflow.cores
     conda:
         "../../envs/amvl.yaml"
     log:

@@ -11,7 +11,8 @@ rule train:
         # `amvl`, or the configured launcher (deepspeed, torchrun) starting `python -m amvl` per process
         amvl=lambda w: amvl_config.train_command(config, w.run),
         data=lambda w, input: os.path.dirname(input.train),
-    threads: workflow.cores
+    # train.threads > 0 caps a run's threads, so Snakemake can train several runs side by side
+    threads: lambda w: amvl_config.resolve_run(config, w.run)["train"]["threads"] or workflow.cores
     conda:
         "../../envs/amvl.yaml"
     log:
