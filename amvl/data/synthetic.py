@@ -27,7 +27,10 @@ there. IQ_Test's majority-colour shortcut makes runs that fall back on it visibl
 questions at chance). A leaking posterior can write the answer itself into Z: with 2-4 options,
 that costs at most log 4 nats, which small KL weights do not stop (AMVL.md section 5b).
 
-Measured with the default model (2 layers, width 64, 84-pixel images, all six subtasks mixed,
+Targets are "(A) <option text>" by default (`model.answer_format`): with a bare "(A)" the small
+model forgets which letter it read, and no posterior can see the answer.
+
+Measured with "(A)" targets (2 layers, width 64, 84-pixel images, all six subtasks mixed,
 batch 16, `amvl` objective; held-out accuracy at steps 500/1000/2000/3000): Counting
 88/100/100/100, IQ_Test 76/77/100/100, Relative_Depth 50/50/100/100, Visual_Similarity
 50/42/51/100, Jigsaw 50/50/50/62, Spatial_Relation 50 throughout. Spatial_Relation stays at chance: the
