@@ -102,7 +102,11 @@ def load(*paths: str | Path) -> dict:
 
 
 def check_runs(config: dict) -> dict:
-    """Validate each run's merged config so a bad override names `runs.<run>.<key>`."""
+    """Drop runs set to null (how a config file removes a run it inherits from config.yaml), then
+    validate each run's merged config so a bad override names `runs.<run>.<key>`."""
+    config["runs"] = {run: overrides for run, overrides in config["runs"].items() if overrides is not None}
+    if not config["runs"]:
+        raise ConfigError("runs: every run is null; keep at least one")
     for run in config["runs"]:
         resolve_run(config, run)
     return config

@@ -63,3 +63,16 @@ def test_stage_config_holds_only_what_the_stage_reads():
     loaded = config.validate({})
     assert set(config.stage_config(loaded, "train", "amvl")) == {"model", "objective", "train"}
     assert set(config.stage_config(loaded, "prepare")) == {"dataset", "data"}
+
+
+def test_a_null_run_removes_a_run_inherited_from_another_file(tmp_path):
+    from amvl.config import load
+
+    extra = tmp_path / "extra.yaml"
+    extra.write_text("runs:\n  ntp: null\n  mine: {objective: {name: elbo}}\n")
+    runs = load(REPO / "config" / "config.yaml", extra)["runs"]
+    assert "ntp" not in runs and runs["mine"] == {"objective": {"name": "elbo"}} and "amvl" in runs
+    every = load(REPO / "config" / "config.yaml")["runs"]
+    extra.write_text("runs:\n" + "".join(f"  {r}: null\n" for r in every))
+    with pytest.raises(ConfigError, match="runs: every run is null"):
+        load(REPO / "config" / "config.yaml", extra)
