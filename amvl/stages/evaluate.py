@@ -15,7 +15,6 @@ results/<run>/
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from pathlib import Path
 
