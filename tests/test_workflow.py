@@ -220,3 +220,16 @@ def test_slurm_profile_gives_train_a_gpu_node_and_the_launcher(tmp_path):
     assert "slurm_partition=gpu" in train_job and "gpu=8" in train_job and "runtime=2880" in train_job
     assert "Shell command: torchrun --nproc_per_node 8 --module amvl train --config-json" in train_job
     assert re.search(r"^train\s+2$", out, re.MULTILINE)  # the amvl and ntp runs
+
+
+@pytest.mark.slow
+def test_leak_demo_shows_elbo_leaking_and_amvl_closing_the_gap(tmp_path):
+    """config/leak_demo.yaml through real Snakemake (about 1.5 minutes): `pytest -m slow`."""
+    project = copy_project(tmp_path)
+    run_tool(["snakemake", "--cores", "2", "--configfile", "config/leak_demo.yaml"], cwd=project)
+    gap = {
+        run: json.loads((project / "results" / run / "metrics.json").read_text())["diagnostics"]["leakage_gap"]
+        for run in ("elbo", "fwd", "rev", "amvl")
+    }
+    assert gap["elbo"] >= 0.3 and gap["fwd"] >= 0.3, gap
+    assert abs(gap["rev"]) <= 0.1 and abs(gap["amvl"]) <= 0.1, gap
