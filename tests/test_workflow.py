@@ -26,6 +26,11 @@ def planned(project, *extra) -> dict[str, int]:
     return {rule: int(n) for rule, n in re.findall(r"^(\w+)\s+(\d+)$", table, re.M) if rule != "job"}
 
 
+def after_training(runs: int) -> dict[str, int]:
+    """The plan when every run must retrain: train, convert and evaluate per run, then the report."""
+    return {"train": runs, "convert": runs, "evaluate": runs, "report": 1, "all": 1}
+
+
 @pytest.fixture(scope="module")
 def smoke_project(tmp_path_factory):
     """A copy of the project on which the smoke DAG has run once, through real Snakemake."""
@@ -39,8 +44,7 @@ def test_default_config_plans_the_grid(tmp_path):
     project = copy_project(tmp_path)
     runs = validate(yaml.safe_load((project / "config/config.yaml").read_text()))["runs"]
     assert {"ntp", "elbo", "fwd", "rev", "amvl"} <= set(runs)
-    n = len(runs)
-    assert planned(project) == {"prepare": 1, "train": n, "convert": n, "evaluate": n, "report": 1, "all": 1}
+    assert planned(project) == {"prepare": 1, **after_training(len(runs))}
 
 
 def test_smoke_dag_writes_every_stage_output(smoke_project):
@@ -95,14 +99,7 @@ def test_every_objective_trains_logs_its_terms_and_is_evaluated(smoke_project):
 def test_editing_a_training_value_reruns_train_and_after_not_prepare(smoke_project, tmp_path):
     edited = tmp_path / "edited.yaml"
     edited.write_text("train:\n  lr: 0.001\n")
-    runs = len(LOGGED_TERMS)
-    assert planned(smoke_project, *SMOKE, str(edited)) == {
-        "train": runs,
-        "convert": runs,
-        "evaluate": runs,
-        "report": 1,
-        "all": 1,
-    }
+    assert planned(smoke_project, *SMOKE, str(edited)) == after_training(len(LOGGED_TERMS))
     evaluation = tmp_path / "evaluation.yaml"
     evaluation.write_text("evaluate:\n  tau: 1.0\n")
     assert planned(smoke_project, *SMOKE, str(evaluation)) == {"evaluate": len(LOGGED_TERMS), "report": 1, "all": 1}
@@ -154,14 +151,7 @@ def test_dvc_push_then_pull_in_a_fresh_clone_recomputes_nothing(smoke_project, t
     # Provenance came along: a config edit in the clone still reruns what it should.
     edited = tmp_path / "edited.yaml"
     edited.write_text("train:\n  lr: 0.001\n")
-    runs = len(LOGGED_TERMS)
-    assert planned(clone, *SMOKE, str(edited)) == {
-        "train": runs,
-        "convert": runs,
-        "evaluate": runs,
-        "report": 1,
-        "all": 1,
-    }
+    assert planned(clone, *SMOKE, str(edited)) == after_training(len(LOGGED_TERMS))
 
 
 def test_sigkilled_training_resumes_where_it_stopped(tmp_path):
