@@ -86,14 +86,15 @@ def to_record(sample, subset: str, folder: Path, root: Path, where: str) -> tupl
         return None, "no input image"
     if len(images) > len(IMAGE_COLUMNS):
         return None, f"more than {len(IMAGE_COLUMNS)} input images"
-    if not answer_of(rationale_text):
+    answer = answer_of(rationale_text)
+    if not answer:
         return None, "no answer text"
     sample_id = (sample.get("metadata") or {}).get("sample_id", where.rsplit(" ", 1)[-1])
     record = {
         "id": f"{subset}-{sample_id}",
         "images": images,
         "question": "\n".join(question).strip(),
-        "answer": answer_of(rationale_text),
+        "answer": answer,
         "rationale": rationale_text,
         "source": subset,
     }

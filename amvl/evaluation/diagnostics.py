@@ -103,7 +103,10 @@ def leakage(model, examples: list[Example], batch_size: int, taus: list[float], 
         "noise": accuracy(predictions(model, examples, batch_size, z=torch.randn_like(prior.mean))),
         "shuffled": accuracy(predictions(model, examples, batch_size, z=shuffled)),
     }
-    tau_sweep = {str(tau): accuracy(predictions(model, examples, batch_size, tau=tau)) for tau in taus}
+    tau_sweep = {  # tau 0 is the prior mean: already scored above
+        str(tau): prior_accuracy if tau == 0 else accuracy(predictions(model, examples, batch_size, tau=tau))
+        for tau in taus
+    }
 
     unit = torch.nn.functional.normalize(prior.mean, dim=-1)
     slot_similarity = (unit @ unit.transpose(1, 2)).mean(0)

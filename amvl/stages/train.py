@@ -83,7 +83,7 @@ def deepspeed_config(cfg, run_dir: Path) -> dict:
     if cfg.monitor == "tensorboard" and importlib.util.find_spec("tensorboard") is None:
         raise UserError("train.monitor: tensorboard is not installed (pip install tensorboard), or use csv")
     if cfg.monitor != "none":  # DeepSpeed's own monitor, beside train_log.jsonl
-        ds[f"{cfg.monitor}_monitor" if cfg.monitor == "csv" else cfg.monitor] = {
+        ds[{"csv": "csv_monitor", "tensorboard": "tensorboard"}[cfg.monitor]] = {
             "enabled": True,
             "output_path": str(run_dir / "monitor"),
             "job_name": "train",
