@@ -4,7 +4,7 @@ Each question is prompted with its row's prompt and images in order (the disclai
 official evaluation adds one, was put in at prepare). `evaluate.mode`:
 - `generate`: greedy answer after thinking with Z from the prior at temperature tau, parsed
   by `extract_choice` in the official order (with an offline fallback for the GPT matcher);
-- `likelihood`: the option letter with the highest log-likelihood.
+- `likelihood`: the option whose answer ("(A)", or "(A) <option>") has the highest log-likelihood.
 
 results/<run>/
   <Subtask>.json    {"<split>": [{"idx", "answer", "full_prediction", "prediction"}]}, the official layout
