@@ -8,7 +8,7 @@ Needs only torch, so the AMVL loss can be lifted into any trainer:
     terms = objective(ntp_loss, prior, posterior, step)
     terms["loss"].backward()
 
-AMVL (AMVL.md section 1):  L = L_ntp + beta(t) KL(sg[q] || p) + gamma(t) KL(sg[p] || q).
+AMVL (docs/METHOD.md section 1):  L = L_ntp + beta(t) KL(sg[q] || p) + gamma(t) KL(sg[p] || q).
 The forward term trains only the prior; the reverse term trains only the posterior.
 """
 
@@ -116,7 +116,7 @@ def _swap_starts(beta: Schedule, gamma: Schedule) -> tuple[Schedule, Schedule]:
     return Schedule(gamma.start, beta.ramp, beta.max), Schedule(beta.start, gamma.ramp, gamma.max)
 
 
-# name -> (the KL terms it uses, what fills the latent slots in training); AMVL.md section 4.
+# name -> (the KL terms it uses, what fills the latent slots in training); docs/METHOD.md section 4.
 OBJECTIVES = {
     "ntp": (set(), "none"),
     "ntp_pause": (set(), "pause"),

@@ -1,4 +1,4 @@
-"""The Gaussian toy model of AMVL.md section 5, as code that can be checked numerically.
+"""The Gaussian toy model of docs/METHOD.md section 5, as code that can be checked numerically.
 
 One latent dimension. The answer y is uniform over `options` values with a feature e(y)
 (E[e] = 0, E[e^2] = v). The posterior leaks with coefficient a:

@@ -1,4 +1,4 @@
-"""AMVL.md section 5's toy model: each claim checked numerically."""
+"""docs/METHOD.md section 5's toy model: each claim checked numerically."""
 
 import pytest
 

@@ -25,7 +25,7 @@ latent slots give the model k more positions, and AMVL's prior a place to hold t
 result before the answer is read. One-step subtasks are controls: latents should change nothing
 there. IQ_Test's majority-colour shortcut makes runs that fall back on it visible (period-3
 questions at chance). A leaking posterior can write the answer itself into Z: with 2-4 options,
-that costs at most log 4 nats, which small KL weights do not stop (AMVL.md section 5b).
+that costs at most log 4 nats, which small KL weights do not stop (docs/METHOD.md section 5b).
 
 Targets are "(A) <option text>" by default (`model.answer_format`): with a bare "(A)" the small
 model forgets which letter it read, and no posterior can see the answer.

@@ -1,4 +1,4 @@
-"""Leakage diagnostics (AMVL.md section 5): does Z carry the answer, and is Z used at all?
+"""Leakage diagnostics (docs/METHOD.md section 5): does Z carry the answer, and is Z used at all?
 
 Every accuracy here scores the options by likelihood (deterministic, independent of how a
 generated answer is parsed). On the evaluation split, for a model with latent slots:

@@ -1,6 +1,6 @@
 """A Qwen2.5-VL (or Qwen2-VL) that thinks in k continuous latent slots before it answers.
 
-Training (posterior layout `suffix`, AMVL.md section 2) lays a batch out as
+Training (posterior layout `suffix`, docs/METHOD.md section 2) lays a batch out as
 
     [pad .. x | P_1..P_k | y | Q_1..Q_k | .. pad]      prompts left-padded, so P starts at one column
 
