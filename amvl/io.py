@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
+import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -24,10 +24,15 @@ def write_json(path: Path, data) -> None:
 
 @contextmanager
 def atomic_dir(path: Path):
-    """Yield a temporary folder beside `path`; on success it replaces `path` in one rename."""
+    """Yield a temporary folder beside `path`; on success it replaces `path` in one rename.
+
+    The folder is made with os.mkdir, not tempfile.mkdtemp: mkdtemp's mode is 0700, and the
+    rename would hand that to data/<dataset>/ or models/<experiment>/<run>/; mkdir applies the user's umask.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}")
+    tmp.mkdir()
     try:
         yield tmp
     except BaseException:

@@ -87,7 +87,9 @@ def test_parquet_records_with_image_bytes(record_dir):
         ),
         ({"images": ["images/missing.png"]}, "image .*missing.png not found"),
         ({"images": ["images/0.png"] * 5}, "5 images; BLINK rows hold 1 to 4"),
-        ({"question": ""}, "record 1 \\(id=a\\): missing 'question'"),
+        ({"question": ""}, "record 1 \\(id=a\\): 'question' is empty"),
+        ({"question": None}, "record 1 \\(id=a\\): missing 'question'"),
+        ({"images": []}, re.escape("record 1 (id=a): 'images' is empty (each record needs 1 to 4 images)")),
         ({"id": "b"}, "record 2 \\(id=b\\): duplicate id"),
     ],
 )

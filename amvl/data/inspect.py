@@ -1,7 +1,8 @@
 """`amvl data inspect PATH`: counts per split and subtask, and every problem, one line each.
 
-PATH is a BLINK root (see amvl/data/blink_local.py) or a prepared dataset folder
-(data/<dataset>/ with train/val parquet files).
+PATH is a BLINK root (see amvl/data/blink_local.py), a prepared dataset folder (data/<dataset>/
+with train/val parquet files), or one file: a BLINK-schema split (.parquet, .arrow) or a
+training-record file (.jsonl, .parquet; see amvl/data/records.py).
 """
 
 from __future__ import annotations
@@ -9,9 +10,18 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from amvl.data.blink import IMAGE_COLUMNS, checked_rows
-from amvl.data.blink_local import SPLITS, split_files, subtask_dirs
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from amvl.data import records
+from amvl.data.blink import IMAGE_COLUMNS, checked_rows, decode_row
+from amvl.data.blink_local import HOW_TO_GET, SPLITS, SUBTASKS, split_files, subtask_dirs
 from amvl.errors import UserError
+
+TAKES = (
+    "inspect takes a BLINK root (one folder per subtask), a prepared data/<dataset>/, "
+    "a BLINK-schema split file (.parquet, .arrow) or a training-record file (.jsonl, .parquet)"
+)
 
 
 def prepared_files(path: Path) -> dict[str, list[Path]]:
@@ -28,18 +38,91 @@ def blink_files(path: Path) -> dict[str, list[Path]]:
     return dict(files)
 
 
+def split_of(file: Path) -> str:
+    """The split a file holds, from its name: val-00000-of-00001.parquet, train.parquet,
+    val/data-00000-of-00001.arrow, blink-test.arrow."""
+    for split in ("train", "val", "test"):
+        if file.name.startswith(split) or file.parent.name == split or f"-{split}" in file.name:
+            return split
+    return "val"  # unknown: checked as strictly as an evaluation split
+
+
+def holds_records(file: Path) -> bool:
+    """Whether a file holds training records (an `images` list) rather than BLINK-schema rows."""
+    if file.suffix != ".parquet":
+        return file.suffix != ".arrow"
+    try:
+        return "images" in pq.read_schema(file).names
+    except (OSError, pa.ArrowInvalid):
+        return False  # unreadable: reading it as a split reports that
+
+
+def count(summary: dict, split: str, row: dict) -> None:
+    stats = summary.setdefault(split, {}).setdefault(
+        row["sub_task"], {"questions": 0, "images": Counter(), "options": Counter()}
+    )
+    stats["questions"] += 1
+    stats["images"][sum(row.get(c) is not None for c in IMAGE_COLUMNS)] += 1
+    stats["options"][len(row.get("choices") or [])] += 1
+
+
+def inspect_records(file: Path) -> tuple[dict, list[str]]:
+    """A training-record file, each record checked as `prepare` reads it, and its images decoded."""
+    summary: dict = {}
+    problems: list[str] = []
+    seen = set()
+    for number, record in enumerate(records.load(file), 1):
+        named = isinstance(record, dict) and record.get("id")
+        where = f"{file}: record {number}" + (f" (id={record['id']})" if named else "")
+        try:
+            if not isinstance(record, dict):
+                raise UserError(f"{where}: expected a JSON object")
+            row = records.to_row(record, file.parent, where)
+        except UserError as e:  # one problem per record: go on with the next
+            problems.append(str(e))
+            continue
+        problems += decode_row(row, where, "train")[1]
+        if row["idx"] in seen:
+            problems.append(f"{where}: duplicate id")
+        seen.add(row["idx"])
+        count(summary, "train", row)
+    if not summary and not problems:
+        problems.append(f"{file}: no records")
+    return summary, problems
+
+
+def split_files_in(path: Path) -> dict[str, list[Path]]:
+    """Split -> the BLINK-schema files holding it, in a file, a prepared folder or a BLINK root."""
+    if path.is_file():
+        return {split_of(path): [path]}
+    if prepared_files(path):
+        return prepared_files(path)
+    if not any((path / subtask).is_dir() for subtask in SUBTASKS):
+        raise UserError(
+            f"{path}: a folder with neither train/val/test.parquet nor BLINK subtask folders "
+            f"({', '.join(SUBTASKS[:2])}, ...); {TAKES}"
+        )
+    files = blink_files(path)
+    if not any(files.values()):
+        raise UserError(f"{path}: BLINK subtask folders without val or test files; {HOW_TO_GET}")
+    return files
+
+
 def inspect(path: Path) -> tuple[dict, list[str]]:
     """{split: {subtask: {"questions", "images", "options"}}} and the list of problems.
 
     `images` and `options` map a count (images or options per question) to how many questions have it.
     """
     path = Path(path)
-    files = prepared_files(path) or blink_files(path)
-    if not files:
-        raise UserError(f"{path}: no BLINK subtask folders or prepared split files found")
+    if not path.exists():
+        raise UserError(f"{path}: not found; {TAKES}")
+    if path.is_file() and path.suffix not in (".parquet", ".arrow", ".jsonl", ".json"):
+        raise UserError(f"{path}: a {path.suffix or 'suffix-less'} file; {TAKES}")
+    if path.is_file() and holds_records(path):
+        return inspect_records(path)
     summary: dict = {}
     problems: list[str] = []
-    for split, paths in files.items():
+    for split, paths in split_files_in(path).items():
         seen: dict[str, Path] = {}
         for file in paths:
             try:
@@ -52,12 +135,7 @@ def inspect(path: Path) -> tuple[dict, list[str]]:
                     problems.append(f"{file}: row idx={row['idx']}: duplicate idx (also in {seen[row['idx']]})")
                 seen[row["idx"]] = file
                 problems += row_problems
-                stats = summary.setdefault(split, {}).setdefault(
-                    row["sub_task"], {"questions": 0, "images": Counter(), "options": Counter()}
-                )
-                stats["questions"] += 1
-                stats["images"][sum(row.get(c) is not None for c in IMAGE_COLUMNS)] += 1
-                stats["options"][len(row.get("choices") or [])] += 1
+                count(summary, split, row)
     return summary, problems
 
 

@@ -59,10 +59,13 @@ def image_cell(image, folder: Path, where: str) -> dict:
 
 def to_row(record: dict, folder: Path, where: str) -> dict:
     for key in ("id", "images", "question", "answer"):
-        if not record.get(key):
+        if record.get(key) is None:
             raise UserError(f"{where}: missing {key!r}")
+        if record[key] in ("", []):  # present, so "missing" would send people looking for a typo
+            needs = f" (each record needs 1 to {len(IMAGE_COLUMNS)} images)" if key == "images" else ""
+            raise UserError(f"{where}: {key!r} is empty{needs}")
     images = record["images"]
-    if not 1 <= len(images) <= len(IMAGE_COLUMNS):
+    if len(images) > len(IMAGE_COLUMNS):
         raise UserError(f"{where}: {len(images)} images; BLINK rows hold 1 to {len(IMAGE_COLUMNS)}")
     choices = [str(c) for c in record.get("choices") or []]
     answer = str(record["answer"])

@@ -6,7 +6,7 @@ official evaluation adds one, was put in at prepare). `evaluate.mode`:
   by `extract_choice` in the official order (with an offline fallback for the GPT matcher);
 - `likelihood`: the option whose answer ("(A)", or "(A) <option>") has the highest log-likelihood.
 
-results/<run>/
+results/<experiment>/<run>/
   <Subtask>.json    {"<split>": [{"idx", "answer", "full_prediction", "prediction"}]}, the official layout
   submission.json   test split only: {idx: "(X)"} over every subtask, for the BLINK leaderboard
   metrics.json      macro (the official score) and micro accuracy, per subtask, chance, fallback
@@ -15,11 +15,11 @@ results/<run>/
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from pathlib import Path
 
 import torch
-from rich.progress import track
 
 from amvl.config import Section
 from amvl.data.blink import letter, read_split
@@ -30,6 +30,7 @@ from amvl.evaluation.metrics import accuracy_table
 from amvl.io import write_json
 from amvl.model.backbone import load_processors
 from amvl.model.latent import LatentReasoner
+from amvl.progress import Progress
 
 
 def limit_per_task(rows: list[dict], limit: int) -> list[dict]:
@@ -42,6 +43,35 @@ def limit_per_task(rows: list[dict], limit: int) -> list[dict]:
         if seen[row["sub_task"]] <= limit:
             kept.append(row)
     return kept
+
+
+class Counted:
+    """The model as `diagnostics.leakage` sees it: each batch it runs (forward or score_choices)
+    advances `progress` by one. A wrapper, since the diagnostics take no progress callback."""
+
+    def __init__(self, model, progress: Progress):
+        self.model, self.progress = model, progress
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+    def __call__(self, *args, **kwargs):
+        out = self.model(*args, **kwargs)
+        self.progress.advance()
+        return out
+
+    def score_choices(self, *args, **kwargs):
+        out = self.model.score_choices(*args, **kwargs)
+        self.progress.advance()
+        return out
+
+
+def diagnostic_batches(examples, batch_size: int, taus: list[float]) -> int:
+    """How many batches `diagnostics.leakage` runs, for the progress total: posterior passes for
+    the gold answer, a wrong one, each option and two perturbations; option-scoring passes for
+    the prior and oracle means, the wrong answer's posterior, three ablations and each tau > 0."""
+    passes = 4 + max(len(e.choice_ids) for e in examples) + 6 + sum(tau != 0 for tau in taus)
+    return passes * math.ceil(len(examples) / batch_size)
 
 
 def answer(model, tokenizer, chunk, rows, cfg) -> list[tuple[str, str, str]]:
@@ -70,20 +100,22 @@ def run(cfg: dict, model_dir: Path, data_dir: Path, out_dir: Path, threads: int 
     examples = [encode(row, tokenizer, image_processor, model.cfg.answer_format) for row in rows]
 
     records = []
-    for start in track(range(0, len(examples), cfg.batch_size), description=f"evaluate ({cfg.mode})"):
-        chunk, chunk_rows = examples[start : start + cfg.batch_size], rows[start : start + cfg.batch_size]
-        for row, (prediction, full, route) in zip(chunk_rows, answer(model, tokenizer, chunk, chunk_rows, cfg)):
-            records.append(
-                {
-                    "idx": row["idx"],
-                    "sub_task": row["sub_task"],
-                    "answer": row["answer"],
-                    "full_prediction": full,
-                    "prediction": prediction,
-                    "route": route,
-                    "options": len(row["choices"]),
-                }
-            )
+    with Progress(f"evaluate ({cfg.mode})", len(examples), "questions") as progress:
+        for start in range(0, len(examples), cfg.batch_size):
+            chunk, chunk_rows = examples[start : start + cfg.batch_size], rows[start : start + cfg.batch_size]
+            for row, (prediction, full, route) in zip(chunk_rows, answer(model, tokenizer, chunk, chunk_rows, cfg)):
+                records.append(
+                    {
+                        "idx": row["idx"],
+                        "sub_task": row["sub_task"],
+                        "answer": row["answer"],
+                        "full_prediction": full,
+                        "prediction": prediction,
+                        "route": route,
+                        "options": len(row["choices"]),
+                    }
+                )
+            progress.update(len(records))
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -105,6 +137,9 @@ def run(cfg: dict, model_dir: Path, data_dir: Path, out_dir: Path, threads: int 
         metrics["fallback_rate"] = {task: sum(f) / len(f) for task, f in sorted(fallback.items())}
         if cfg.diagnostics and model.cfg.slot_kind == "latent":
             specials = set(tokenizer.all_special_ids) | set(tokenizer.added_tokens_decoder)  # chat, vision, slots
-            metrics["diagnostics"] = diagnostics.leakage(model, examples, cfg.batch_size, list(cfg.taus), specials)
+            total = diagnostic_batches(examples, cfg.batch_size, cfg.taus)
+            with Progress("diagnostics", total, "batches") as progress:
+                counted = Counted(model, progress)
+                metrics["diagnostics"] = diagnostics.leakage(counted, examples, cfg.batch_size, cfg.taus, specials)
     write_json(out_dir / "metrics.json", metrics)  # last: the rule's output marks completion
     return metrics

@@ -13,14 +13,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rich.progress import track
-
 from amvl.config import Section
 from amvl.data import blink_local, synthetic
 from amvl.data.blink import checked_rows, write_split
 from amvl.data.records import read_records
 from amvl.errors import ConfigError, UserError
 from amvl.io import atomic_dir, write_json
+from amvl.progress import track
 
 
 def synthetic_split(data, split: str) -> list[dict]:
@@ -29,7 +28,7 @@ def synthetic_split(data, split: str) -> list[dict]:
         raise ConfigError(f"data.subtasks: unknown subtask {unknown[0]!r} (known: {', '.join(synthetic.SUBTASKS)})")
     size = data.train_size if split == "train" else data.val_size
     rows = []
-    for subtask in track(data.subtasks, description=f"generating {split}"):
+    for subtask in track(data.subtasks, f"generating {split}", "subtasks"):
         rows += synthetic.generate(subtask, split, size, data.seed, data.image_size)
     return rows
 
@@ -37,7 +36,8 @@ def synthetic_split(data, split: str) -> list[dict]:
 def blink_split(data, split: str) -> list[dict]:
     """One split of the local BLINK copy, checked row by row, prompts as officially evaluated."""
     rows = []
-    for subtask, folder in blink_local.subtask_dirs(Path(data.blink_root), list(data.blink_subtasks)).items():
+    folders = blink_local.subtask_dirs(Path(data.blink_root), list(data.blink_subtasks))
+    for subtask, folder in track(list(folders.items()), f"reading BLINK {split}", "subtasks"):
         files = blink_local.split_files(folder, split)
         if not files and split == "val":
             raise UserError(f"{folder}: no {split} split; {blink_local.HOW_TO_GET}")

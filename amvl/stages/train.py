@@ -1,6 +1,6 @@
 """train: the latent Qwen2.5-VL on the prepared train split, through a DeepSpeed engine.
 
-runs/<run>/
+runs/<experiment>/<run>/
   skeleton/          tokenizer, image processor, model configs (what `convert` rebuilds from)
   checkpoints/       resumable DeepSpeed checkpoints, the last `keep_checkpoints` of them
   train_log.jsonl    one line per `log_every` steps: every loss term, beta, gamma, lr, speed
@@ -24,7 +24,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from amvl.config import STAGE_SECTIONS, Section
 from amvl.data.blink import read_split
@@ -41,6 +40,7 @@ from amvl.model.backbone import (
 )
 from amvl.model.latent import save_skeleton, wrap_backbone
 from amvl.objectives import build_objective
+from amvl.progress import Progress
 
 
 @functools.lru_cache(maxsize=4)
@@ -241,17 +241,9 @@ def run(cfg: dict, data_dir: Path, run_dir: Path, threads: int | None = None) ->
     deepspeed.comm.barrier()
     start = resume(engine, checkpoint_dir, log_path, rank)
 
-    columns = [
-        TextColumn("[bold]train"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total}"),
-        TextColumn("{task.fields[status]}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-    ]
     terms, tag, tick, tokens = {}, latest_tag(checkpoint_dir), time.perf_counter(), 0
-    with Progress(*columns, disable=rank != 0) as progress, open(log_path if rank == 0 else os.devnull, "a") as log:
-        task = progress.add_task("train", total=train.steps, completed=start, status="")
+    progress = Progress("train", train.steps, "steps", start=start, enabled=rank == 0)
+    with progress, open(log_path if rank == 0 else os.devnull, "a") as log:
         for step in range(start, train.steps):
             for micro in range(train.grad_accum):
                 torch.manual_seed(train.seed * 1_000_003 + (step * train.grad_accum + micro) * world + rank)  # Z noise
@@ -275,10 +267,10 @@ def run(cfg: dict, data_dir: Path, run_dir: Path, threads: int | None = None) ->
                 log.flush()
                 if engine.monitor.enabled:
                     engine.monitor.write_events([(f"Train/{k}", v, done) for k, v in record.items() if k != "step"])
-                progress.update(task, status=f"loss {record['loss']:.3f} ntp {record['ntp']:.3f}")
+                progress.status = f"loss {record['loss']:.3f} ntp {record['ntp']:.3f}"
             if done % train.checkpoint_every == 0 or done == train.steps:
                 tag = save_checkpoint(engine, checkpoint_dir, done, train.keep_checkpoints, rank)
-            progress.update(task, completed=done)
+            progress.update(done)
 
     summary = {
         "steps": train.steps,
