@@ -1,9 +1,9 @@
-"""report: reports/report.md and a self-contained reports/report.html over every run.
+"""report: reports/<experiment>/report.md and a self-contained report.html beside it, over every run.
 
-Every measured number comes from results/<run>/metrics.json, runs/<run>/train_summary.json or
-runs/<run>/train_log.jsonl; the paper's numbers come from amvl/evaluation/paper_blink.json and
-are labelled as quoted. Runs named `<method>_s<seed>` are seeds of one method: the tables show
-their mean ± std.
+Every measured number comes from results/<experiment>/<run>/metrics.json or
+runs/<experiment>/<run>/{train_summary.json,train_log.jsonl}; the paper's numbers come from
+amvl/evaluation/paper_blink.json and are labelled as quoted. Runs named `<method>_s<seed>` are
+seeds of one method: the tables show their mean ± std.
 """
 
 from __future__ import annotations
@@ -11,9 +11,8 @@ from __future__ import annotations
 import base64
 import html
 import json
-import re
 import statistics
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 from amvl import theory
@@ -28,7 +27,7 @@ def load_log(path: Path) -> list[dict]:
 
 
 def method_of(run: str) -> str:
-    return re.sub(r"_s\d+$", "", run)
+    return plots.method_and_seed(run)[0]
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -38,6 +37,18 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 def cell(values: list[float], scale: float = 100.0, digits: int = 1) -> str:
     mean, std = mean_std([scale * v for v in values])
     return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if len(values) > 1 else "")
+
+
+def settings_sentence(metrics: dict[str, dict]) -> str:
+    """Split, answer mode and prior temperature: once for the setting most runs share, then the runs that differ."""
+    said = {run: f"{m['split']}, {m['mode']}, tau {m['tau']}" for run, m in metrics.items()}
+    if not said:
+        return ""
+    usual = Counter(said.values()).most_common(1)[0][0]
+    odd = [f"{run} ({s})" for run, s in said.items() if s != usual]
+    return f"Split, answer mode and prior temperature: {usual} for every run" + (
+        f" except {', '.join(odd)}." if odd else "."
+    )
 
 
 def accuracy_section(metrics: dict[str, dict]) -> tuple[list, dict, dict]:
@@ -150,18 +161,18 @@ def run(cfg: dict, metrics_paths: list[Path], summary_paths: list[Path], out_dir
     diagnosed = {run: m["diagnostics"] for run, m in metrics.items() if m.get("diagnostics")}
     accuracy, bars, chance = accuracy_section({r: m for r, m in metrics.items() if m.get("per_task")})
     source, paper = paper_table()
-    settings = ", ".join(f"{run}: {m['split']}, {m['mode']}, tau {m['tau']}" for run, m in metrics.items())
+    # One run -> colour/line style mapping for every figure, so a run looks the same in each.
+    styles = plots.run_styles(list(dict.fromkeys([*metrics, *summaries])))
 
     with atomic_dir(out_dir) as folder:
         blocks = [
             ("h", 1, "amvl report"),
             ("h", 2, "Accuracy (%), latents from the prior"),
-            ("p", f"Split, answer mode and prior temperature per run: {settings}. BLINK's official score is the "
-                  "macro mean of the subtask accuracies."),
+            ("p", f"{settings_sentence(metrics)} BLINK's official score is the macro mean of the subtask accuracies."),
             ("table", accuracy),
         ]  # fmt: skip
         if bars:
-            plots.accuracy_bars(bars, chance, folder / "accuracy.png")
+            plots.save(plots.accuracy_bars(bars, chance, styles), folder / "accuracy.png")
             blocks.append(("img", "accuracy per subtask", "accuracy.png"))
         blocks += [("h", 2, "The paper's BLINK numbers"), ("p", source), ("table", paper)]
         if diagnosed:
@@ -172,25 +183,26 @@ def run(cfg: dict, metrics_paths: list[Path], summary_paths: list[Path], out_dir
                       "the decoder's accuracy with its latents replaced; close to prior accuracy means Z is unused."),
                 ("table", diagnostics_table(metrics)),
             ]  # fmt: skip
-            plots.slot_similarity(
-                {r: d["slot_similarity"] for r, d in diagnosed.items()}, folder / "slot_similarity.png"
-            )
-            plots.modality_sensitivity(
-                {r: d["modality_sensitivity"] for r, d in diagnosed.items()}, folder / "modality.png"
-            )
+            similarity = {r: d["slot_similarity"] for r, d in diagnosed.items()}
+            plots.save(plots.slot_similarity(similarity), folder / "slot_similarity.png")
+            sensitivity = {r: d["modality_sensitivity"] for r, d in diagnosed.items()}
+            plots.save(plots.modality_sensitivity(sensitivity), folder / "modality.png")
             blocks += [
                 ("img", "slot similarity", "slot_similarity.png"),
                 ("img", "modality sensitivity", "modality.png"),
             ]
-        plots.training_curves(logs, folder / "training_curves.png")
-        plots.schedules(logs, folder / "schedules.png")
-        plots.toy_theory(theory.leakage_curve(), folder / "theory.png")
+        plots.save(plots.training_curves(logs, styles), folder / "training_curves.png")
+        plots.save(plots.schedules(logs, styles), folder / "schedules.png")
+        plots.save(plots.toy_theory(theory.leakage_curve()), folder / "theory.png")
         blocks += [
             ("h", 2, "Training"),
             ("table", training_table(summaries)),
+            ("p", "A method has one colour in every figure; its seeds share it and differ in line style."),
             ("img", "training curves", "training_curves.png"),
+            ("p", "A KL weight is shown only for the runs whose objective uses it. Runs with the same schedule share "
+                  "one curve: each run is drawn shifted a line width up or down so they show side by side."),
             ("img", "KL weight schedules", "schedules.png"),
-            ("h", 2, "The toy model (AMVL.md section 5)"),
+            ("h", 2, "The toy model (docs/METHOD.md section 5)"),
             ("p", "amvl.theory.leakage_curve: the posterior's optimal leakage coefficient and the contamination left "
                   "with a forward-optimal prior, against the reverse-KL weight gamma (closed form, checked numerically "
                   "in tests/test_theory.py)."),
