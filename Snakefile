@@ -18,10 +18,14 @@ from amvl.errors import ConfigError
 try:
     # Validates against workflow/schemas/config.schema.yaml and fills its defaults.
     config = amvl_config.check_runs(amvl_config.validate(config))
+    amvl_config.check_paths(config)  # a mistyped input path stops the plan, naming key and path
 except ConfigError as error:
     sys.exit(f"config error: {error}")
 
+# Outputs live under the config's own experiment name, so configs never overwrite each other;
+# prepared data is shared by configs that name the same dataset.
 DATA = f"data/{config['dataset']}"
+EXP = config["experiment"]
 RUNS = list(config["runs"])
 
 
@@ -36,4 +40,4 @@ include: "workflow/rules/report.smk"
 rule all:
     default_target: True
     input:
-        "reports/report.md",
+        f"reports/{EXP}/report.md",

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from amvl import config as configuration
+from amvl import cpu_kernels
 from amvl.errors import UserError
 
 
@@ -49,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)  # the deepspeed launcher's
 
-    p = sub.add_parser("convert", help="DeepSpeed checkpoint -> models/<run>/ (safetensors)")
+    p = sub.add_parser("convert", help="DeepSpeed checkpoint -> models/<experiment>/<run>/ (safetensors)")
     add_config_args(p)
     p.add_argument("--run-dir", type=Path, required=True, help="run folder written by `amvl train`")
     p.add_argument("--out", type=Path, required=True, help="model folder to write")
@@ -65,12 +66,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("data", help="look at datasets")
     data = p.add_subparsers(dest="data_command", required=True)
     inspect = data.add_parser("inspect", help="counts per split and subtask; every problem, one line each")
-    inspect.add_argument("path", type=Path, help="a BLINK root (one folder per subtask) or a prepared data/<dataset>/")
+    inspect.add_argument(
+        "path",
+        type=Path,
+        help="a BLINK root (one folder per subtask), a prepared data/<dataset>/, a BLINK-schema split file "
+        "(.parquet, .arrow) or a training-record file (.jsonl, .parquet)",
+    )
 
-    p = sub.add_parser("report", help="write reports/report.md and its figures")
+    p = sub.add_parser("restamp", help="after `dvc pull`: outputs' times back in pipeline order (nothing reruns)")
+    p.add_argument("--root", type=Path, default=Path("."), help="project folder (default: the current one)")
+
+    p = sub.add_parser("report", help="write reports/<experiment>/report.md and its figures")
     add_config_args(p)
-    p.add_argument("--metrics", type=Path, nargs="+", required=True, help="results/<run>/metrics.json files")
-    p.add_argument("--summaries", type=Path, nargs="+", required=True, help="runs/<run>/train_summary.json files")
+    p.add_argument("--metrics", type=Path, nargs="+", required=True, help="results/<experiment>/<run>/metrics.json files")
+    p.add_argument("--summaries", type=Path, nargs="+", required=True, help="runs/<experiment>/<run>/train_summary.json files")
     p.add_argument("--out", type=Path, required=True, help="report folder")
     return parser
 
@@ -88,6 +97,11 @@ def inspect_data(path: Path) -> int:
 def dispatch(args) -> int:
     if args.stage == "data":
         return inspect_data(args.path)
+    if args.stage == "restamp":
+        from amvl.restamp import restamp
+
+        print(f"restamped {restamp(args.root)} paths in pipeline order")
+        return 0
     cfg = stage_config(args)
     if args.stage == "prepare":
         from amvl.stages import prepare
@@ -119,6 +133,7 @@ def dispatch(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    cpu_kernels.pin()  # before any stage imports torch
     args = build_parser().parse_args(argv)
     try:
         return dispatch(args)

@@ -122,6 +122,31 @@ def resolve_run(config: dict, run: str) -> dict:
     return merged
 
 
+def used_paths(config: dict) -> dict[str, str]:
+    """Input paths this config reads -> the config key that names each."""
+    data, named = config["data"], {}
+    wanted = [("data.train_records", data["train_records"])]
+    if data["source"] == "blink":
+        wanted.append(("data.blink_root", data["blink_root"]))
+    # The base sections before the runs, so a value a run inherits is named by its own key.
+    for prefix, resolved in [("", config), *((f"runs.{run}.", resolve_run(config, run)) for run in config["runs"])]:
+        if resolved["model"]["backbone"] == "pretrained":
+            wanted.append((f"{prefix}model.pretrained_path", resolved["model"]["pretrained_path"]))
+        wanted.append((f"{prefix}train.deepspeed_config", resolved["train"]["deepspeed_config"]))
+    for key, path in wanted:
+        if path:
+            named.setdefault(path, key)
+    return named
+
+
+def check_paths(config: dict) -> None:
+    """Stop at planning time, naming the key, if an input path does not exist: otherwise Snakemake
+    could find nothing to do and keep outputs made from something else."""
+    for path, key in used_paths(config).items():
+        if not Path(path).exists():
+            raise ConfigError(f"{key}: {path} does not exist")
+
+
 def stage_config(config: dict, stage: str, run: str | None = None) -> dict:
     """The sections `stage` reads (for one run if given): what Snakemake passes to the rule."""
     resolved = resolve_run(config, run) if run else config

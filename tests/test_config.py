@@ -17,6 +17,27 @@ def test_every_config_file_validates(path):
         assert resolved["train"]["steps"] >= 1
 
 
+def test_shipped_configs_write_to_their_own_folders():
+    """No two config files share an experiment (runs/, models/, results/, reports/ folders) or a
+    dataset name: running one never overwrites another's outputs."""
+    files = sorted((REPO / "config").glob("*.yaml"))
+    loaded = [config.load(*([REPO / "config" / "config.yaml", f] if f.name != "config.yaml" else [f])) for f in files]
+    assert len({c["experiment"] for c in loaded}) == len(files)
+    assert len({c["dataset"] for c in loaded}) == len(files)
+
+
+def test_a_missing_input_path_is_named_with_its_key(tmp_path):
+    records = tmp_path / "train.jsonl"
+    base = config.validate({"data": {"train_records": str(records)}, "runs": {"a": {}, "b": {}}})
+    with pytest.raises(ConfigError, match=f"^data.train_records: {records} does not exist$"):
+        config.check_paths(base)
+    records.write_text("")
+    config.check_paths(base)  # exists now
+    base["runs"]["b"] = {"model": {"backbone": "pretrained", "pretrained_path": str(tmp_path / "Qwen")}}
+    with pytest.raises(ConfigError, match="^runs.b.model.pretrained_path: .*Qwen does not exist$"):
+        config.check_paths(base)
+
+
 def test_defaults_are_filled_from_the_schema():
     filled = config.validate({})
     assert filled["train"]["lr"] > 0

@@ -1,6 +1,6 @@
 """convert: the final DeepSpeed checkpoint of a run -> a self-contained model folder.
 
-models/<run>/
+models/<experiment>/<run>/
   model.safetensors, config.json, generation_config.json   the backbone, Hugging Face layout
                                                             (Qwen2_5_VLForConditionalGeneration.from_pretrained)
   latent_modules.safetensors, amvl_config.json             prior/posterior heads, injector, slot ids

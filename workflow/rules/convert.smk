@@ -1,13 +1,14 @@
 rule convert:
     input:
-        "runs/{run}/train_summary.json",
+        f"runs/{EXP}/{{run}}/train_summary.json",
     output:
-        directory("models/{run}"),
+        directory(f"models/{EXP}/{{run}}"),
     params:
         config=stage_json("convert"),
+        run_dir=lambda w, input: os.path.dirname(input[0]),
     conda:
         "../../envs/amvl.yaml"
     log:
-        "logs/convert/{run}.log",
+        f"logs/{EXP}/convert/{{run}}.log",
     shell:
-        "amvl convert --config-json {params.config:q} --run-dir runs/{wildcards.run} --out {output} 2>&1 | tee {log}"
+        "amvl convert --config-json {params.config:q} --run-dir {params.run_dir} --out {output} 2>&1 | tee {log}"

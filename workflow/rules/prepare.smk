@@ -12,6 +12,6 @@ rule prepare:
     conda:
         "../../envs/amvl.yaml"
     log:
-        "logs/prepare.log",
+        f"logs/prepare/{config['dataset']}.log",
     shell:
         "amvl prepare --config-json {params.config:q} --out {params.out} 2>&1 | tee {log}"
