@@ -5,9 +5,9 @@ import os
 import re
 import shutil
 import signal
-import statistics
 import subprocess
 import time
+from collections import defaultdict
 
 import pytest
 import yaml
@@ -250,16 +250,14 @@ def test_slurm_profile_gives_train_a_gpu_node_and_the_launcher(tmp_path):
 
 
 @pytest.mark.slow
-def test_leak_demo_shows_elbo_leaking_and_amvl_closing_the_gap(tmp_path):
-    """config/leak_demo.yaml through real Snakemake (about 5 minutes): `pytest -m slow`."""
+def test_leak_demo_shows_elbo_leaking_and_the_reverse_term_closing_the_gap(tmp_path):
+    """config/leak_demo.yaml through real Snakemake (about 4 minutes): `pytest -m slow`. The leak
+    is seed-dependent (README): some elbo and fwd seed leaks, no rev or amvl seed does."""
     project = copy_project(tmp_path)
     run_tool(["snakemake", "--cores", "2", "--configfile", "config/leak_demo.yaml"], cwd=project)
-    gap = {  # mean over the three seeds
-        method: statistics.mean(
-            json.loads(path.read_text())["diagnostics"]["leakage_gap"]
-            for path in (project / "results/leak_demo").glob(f"{method}_s*/metrics.json")
-        )
-        for method in ("elbo", "fwd", "rev", "amvl")
-    }
-    assert gap["elbo"] >= 0.3 and gap["fwd"] >= 0.3, gap
-    assert abs(gap["rev"]) <= 0.1 and abs(gap["amvl"]) <= 0.1, gap
+    gaps = defaultdict(list)
+    for path in sorted((project / "results/leak_demo").glob("*_s*/metrics.json")):
+        gaps[path.parent.name.rsplit("_s", 1)[0]].append(json.loads(path.read_text())["diagnostics"]["leakage_gap"])
+    assert all(len(gaps[method]) == 3 for method in ("elbo", "fwd", "rev", "amvl")), gaps
+    assert max(gaps["elbo"]) >= 0.3 and max(gaps["fwd"]) >= 0.3, gaps
+    assert max(map(abs, gaps["rev"] + gaps["amvl"])) <= 0.1, gaps
