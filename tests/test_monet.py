@@ -95,3 +95,19 @@ def test_prepare_trains_on_a_monet_copy(monet_root, tmp_path):
     cfg = {"data": {"train_records": str(monet_root), "train_subsets": ["Visual_CoT"], "val_size": 2}}
     prepare.run(validate(cfg), tmp_path / "data")
     assert [r["idx"] for r in read_split(tmp_path / "data" / "train.parquet", split="train")] == ["Visual_CoT-1"]
+
+
+@pytest.mark.parametrize("chunk", [1, 5, 1 << 20])
+def test_a_subset_file_is_read_a_chunk_at_a_time_as_json_reads_it(tmp_path, chunk):
+    from amvl.data.monet import json_items
+
+    items = [sample(i, turn("user", "img:images/0.png", "Q\n?"), turn("assistant", f"\\boxed{{{i}}}")) for i in range(20)]
+    path = tmp_path / "train.json"
+    path.write_text(json.dumps([*items, 2.5, -1e30, None], indent=1))
+    assert [item for item, _ in json_items(path, chunk)] == json.loads(path.read_text())
+    path.write_text('[{"a": 1},\n\n{"b": }]')
+    with pytest.raises(UserError, match=r"train.json: not valid JSON \(Expecting value, line 3\)"):
+        list(json_items(path, chunk))
+    path.write_text("[1] [2]")
+    with pytest.raises(UserError, match="Extra data"):
+        list(json_items(path, chunk))

@@ -44,25 +44,38 @@ def answer_text(index: int, option: str, answer_format: str) -> str:
     return letter(index) if answer_format == "letter" else f"{letter(index)} {option}"
 
 
-def encode(row: dict, tokenizer, image_processor, answer_format: str = "letter") -> Example:
-    pixels = image_processor(images=row["images"], return_tensors="pt")
-    grids = pixels["image_grid_thw"]
+def targets(row: dict, tokenizer, answer_format: str = "letter") -> tuple[list[int], list[list[int]], int]:
+    """(answer ids, every option's answer ids, answer index) of a row: see `Example`."""
     options = row["choices"] or []
     choice_ids = [tokenizer(answer_text(i, c, answer_format) + IM_END).input_ids for i, c in enumerate(options)]
     known = choice_ids and row["answer"] in [letter(i) for i in range(len(choice_ids))]  # test rows: "hidden"
     answer_index = LETTERS.index(row["answer"][1]) if known else -1
+    if not choice_ids:
+        return tokenizer(row["answer"] + IM_END).input_ids, [], -1
+    return (choice_ids[answer_index] if known else []), choice_ids, answer_index
+
+
+def encode(row: dict, tokenizer, image_processor, answer_format: str = "letter", size: dict | None = None) -> Example:
+    """`size` ({shortest_edge, longest_edge}: min and max pixels per image) overrides the image
+    processor's own (amvl/data/budget.py resizes an example down to its token limit with it)."""
+    pixels = image_processor(images=row["images"], return_tensors="pt", **({"size": size} if size else {}))
+    grids = pixels["image_grid_thw"]
+    answer_ids, choice_ids, answer_index = targets(row, tokenizer, answer_format)
     return Example(
         idx=row["idx"],
         sub_task=row["sub_task"],
         prompt_ids=tokenizer(prompt_text(row["prompt"], grids)).input_ids,
-        answer_ids=(choice_ids[answer_index] if known else [])
-        if choice_ids
-        else tokenizer(row["answer"] + IM_END).input_ids,
+        answer_ids=answer_ids,
         choice_ids=choice_ids,
         answer_index=answer_index,
         pixel_values=pixels["pixel_values"],
         image_grid_thw=grids,
     )
+
+
+def tokens(example: Example) -> int:
+    """The longest sequence the example makes: its prompt and its longest target (answer or option)."""
+    return len(example.prompt_ids) + max([len(example.answer_ids), *map(len, example.choice_ids)])
 
 
 def collate(examples: list[Example]) -> dict:

@@ -25,16 +25,19 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 from amvl.data.blink import IMAGE_COLUMNS
 from amvl.errors import UserError
+from amvl.progress import Progress
 
 SUBSETS = (
     "Visual_CoT", "CogCoM", "ReFocus", "Zebra_CoT_count", "Zebra_CoT_visual_search", "Zebra_CoT_geometry",
 )  # fmt: skip
 HOW_TO_GET = "download the Hugging Face dataset NOVAglow646/Monet-SFT-125K there (<root>/<Subset>/train.json)"
 MARKUP = re.compile(r"</?(abs_vis_token|observation)>")  # Monet's latent-image and observation tags
+SPACE = re.compile(r"[ \t\n\r]*")
 BOXED = re.compile(r"\\boxed\{((?:[^{}]|\{[^{}]*\})*)\}")
 
 
@@ -101,24 +104,74 @@ def to_record(sample, subset: str, folder: Path, root: Path, where: str) -> tupl
     return record, ""
 
 
-def read_monet(root: Path, subsets: list[str] | None = None) -> list[tuple[dict, str]]:
-    """(record, where) for every usable sample; prints how many were skipped and why."""
-    root = Path(root)
-    out, skipped = [], Counter()
-    for subset, file in subset_files(root, list(subsets or [])).items():
-        try:
-            samples = json.loads(file.read_text())
-        except json.JSONDecodeError as e:
-            raise UserError(f"{file}: not valid JSON ({e.msg}, line {e.lineno})") from None
-        if not isinstance(samples, list):
+def json_items(file: Path, chunk: int = 1 << 20) -> Iterator[tuple[object, int]]:
+    """(item, characters read so far) for each item of the JSON list in `file`, read a chunk at a
+    time: a subset's train.json is hundreds of MB, and parsed whole it would hold every sample at
+    once. A syntax error is a UserError naming the file and line."""
+    decoder = json.JSONDecoder()
+    with open(file) as f:
+        text, at, line, dropped, ended = "", 0, 1, 0, False
+
+        def fill() -> None:  # keep what is not parsed yet, read the next chunk
+            nonlocal text, at, line, dropped, ended
+            line, dropped = line + text.count("\n", 0, at), dropped + at
+            more = f.read(chunk)
+            text, at, ended = text[at:] + more, 0, not more
+
+        def peek() -> str:  # the next character that is not white space ("" at the end of the file)
+            nonlocal at
+            at = SPACE.match(text, at).end()
+            while at == len(text) and not ended:
+                fill()
+                at = SPACE.match(text, at).end()
+            return text[at : at + 1]
+
+        def fail(message: str, position: int) -> UserError:
+            return UserError(f"{file}: not valid JSON ({message}, line {line + text.count(chr(10), 0, position)})")
+
+        if peek() != "[":
             raise UserError(f"{file}: expected a JSON list of samples")
-        for number, sample in enumerate(samples):
-            where = f"{file}: sample {number}"
-            record, why = to_record(sample, subset, file.parent, root, where)
-            if record is None:
-                skipped[f"{subset}: {why}"] += 1
-            else:
-                out.append((record, where))
+        at += 1
+        char = peek()
+        while char != "]":
+            while True:  # an item the chunk cuts off is parsed again with the next chunk
+                try:
+                    item, end = decoder.raw_decode(text, at)
+                    # a number ("2" of "2.5") is whole only where something else follows it
+                    if ended or end < len(text) and (text[at] in '{["' or text[end] in " \t\r\n,]"):
+                        break
+                except json.JSONDecodeError as e:
+                    if ended:
+                        raise fail(e.msg, e.pos) from None
+                fill()
+            at = end
+            yield item, dropped + at
+            char = peek()
+            if char not in ",]":
+                raise fail("Expecting ',' delimiter", at)
+            if char == ",":
+                at += 1
+                peek()
+        at += 1
+        if peek():
+            raise fail("Extra data", at)
+
+
+def iter_monet(root: Path, subsets: list[str] | None = None) -> Iterator[tuple[dict, str]]:
+    """(record, where) for every usable sample, one at a time (images stay paths); prints how many
+    were skipped and why."""
+    root = Path(root)
+    skipped = Counter()
+    for subset, file in subset_files(root, list(subsets or [])).items():
+        with Progress(f"reading {subset}", max(1, file.stat().st_size >> 10), "KB") as progress:
+            for number, (sample, read) in enumerate(json_items(file)):
+                where = f"{file}: sample {number}"
+                record, why = to_record(sample, subset, file.parent, root, where)
+                if record is None:
+                    skipped[f"{subset}: {why}"] += 1
+                else:
+                    yield record, where
+                if read >> 10 != progress.done:  # KB of the file read (characters: about its bytes)
+                    progress.update(read >> 10)
     for reason, count in sorted(skipped.items()):
         print(f"Monet-SFT-125K: skipped {count} samples ({reason})")
-    return out

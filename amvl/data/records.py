@@ -16,31 +16,46 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow.parquet as pq
 
 from amvl.data import monet
-from amvl.data.blink import IMAGE_COLUMNS, blink_prompt, letter
+from amvl.data.blink import IMAGE_COLUMNS, ROW_GROUP, blink_prompt, decode_row, letter
 from amvl.errors import UserError
+from amvl.progress import Progress
 
 
 def load(path: Path) -> list[dict]:
+    return list(iter_load(path))
+
+
+def iter_load(path: Path) -> Iterator[dict]:
+    """The records of a JSONL or parquet file, read as they are used (a parquet file a row group
+    at a time), with a progress line per file."""
     path = Path(path)
     if not path.exists():
         raise UserError(f"{path}: training-record file not found")
     if path.is_dir():
         raise UserError(f"{path}: a folder, but no Monet-SFT-125K copy; {monet.HOW_TO_GET}, or name a record file")
     if path.suffix == ".parquet":
-        return pq.read_table(path).to_pylist()
-    records = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
-        if line.strip():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise UserError(f"{path}: line {number} is not JSON ({e.msg})") from None
-    return records
+        file = pq.ParquetFile(path)
+        with Progress(f"reading {path.name}", file.metadata.num_rows, "records") as progress:
+            for batch in file.iter_batches(batch_size=ROW_GROUP):
+                yield from batch.to_pylist()
+                progress.advance(batch.num_rows)
+        return
+    with open(path) as f:
+        total = sum(1 for line in f if line.strip())
+    with open(path) as f, Progress(f"reading {path.name}", total, "records") as progress:
+        for number, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    yield json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise UserError(f"{path}: line {number} is not JSON ({e.msg})") from None
+                progress.advance()
 
 
 def image_cell(image, folder: Path, where: str) -> dict:
@@ -89,29 +104,40 @@ def to_row(record: dict, folder: Path, where: str) -> dict:
     }
 
 
+def numbered(path: Path) -> Iterator[tuple[dict, str]]:
+    for number, record in enumerate(iter_load(path), 1):
+        named = isinstance(record, dict) and record.get("id")
+        yield record, f"{path}: record {number}" + (f" (id={record['id']})" if named else "")
+
+
 def read_records(path: Path, subsets: list[str] | None = None) -> list[dict]:
     """Training rows in BLINK's schema (images as {bytes, path}); UserError names file and record.
 
     `path` is a record file, or the folder of a local Monet-SFT-125K copy (amvl/data/monet.py),
     read from its `subsets` (empty = all present).
     """
+    return list(iter_records(path, subsets))
+
+
+def iter_records(path: Path, subsets: list[str] | None = None) -> Iterator[dict]:
+    """`read_records` one row at a time, as prepare streams them into train.parquet: one row's
+    images in memory at a time, and only the records read so far."""
     path = Path(path)
     if monet.is_monet_root(path):
-        located, folder = monet.read_monet(path, subsets), path
+        located, folder = monet.iter_monet(path, subsets), path
     else:
-        located, folder = [], path.parent
-        for number, record in enumerate(load(path), 1):
-            named = isinstance(record, dict) and record.get("id")
-            located.append((record, f"{path}: record {number}" + (f" (id={record['id']})" if named else "")))
-    rows, seen = [], set()
+        located, folder = numbered(path), path.parent
+    seen = set()
     for record, where in located:
         if not isinstance(record, dict):
             raise UserError(f"{where}: expected a JSON object")
         row = to_row(record, folder, where)
+        problems = decode_row(row, where, "train")[1]  # its images decode: checked once, here, not in training
+        if problems:
+            raise UserError(problems[0])
         if row["idx"] in seen:
             raise UserError(f"{where}: duplicate id")
         seen.add(row["idx"])
-        rows.append(row)
-    if not rows:
+        yield row
+    if not seen:
         raise UserError(f"{path}: no records")
-    return rows

@@ -11,12 +11,13 @@ Monet-SFT-125K folder.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 from amvl.config import Section
 from amvl.data import blink_local, synthetic
-from amvl.data.blink import checked_rows, write_split
-from amvl.data.records import read_records
+from amvl.data.blink import checked_rows, write_rows, write_split
+from amvl.data.records import iter_records
 from amvl.errors import ConfigError, UserError
 from amvl.io import atomic_dir, write_json
 from amvl.progress import track
@@ -33,9 +34,9 @@ def synthetic_split(data, split: str) -> list[dict]:
     return rows
 
 
-def blink_split(data, split: str) -> list[dict]:
-    """One split of the local BLINK copy, checked row by row, prompts as officially evaluated."""
-    rows = []
+def blink_split(data, split: str) -> Iterator[dict]:
+    """One split of the local BLINK copy, checked row by row as it is read, prompts as officially
+    evaluated."""
     folders = blink_local.subtask_dirs(Path(data.blink_root), list(data.blink_subtasks))
     for subtask, folder in track(list(folders.items()), f"reading BLINK {split}", "subtasks"):
         files = blink_local.split_files(folder, split)
@@ -45,8 +46,7 @@ def blink_split(data, split: str) -> list[dict]:
             for row, _, problems in checked_rows(file, split):
                 if problems:
                     raise UserError(f"{problems[0]} (`amvl data inspect {data.blink_root}` lists every problem)")
-                rows.append(blink_local.with_disclaimer(row, data.disclaimer))
-    return rows
+                yield blink_local.with_disclaimer(row, data.disclaimer)
 
 
 def run(cfg: dict, out_dir: Path) -> None:
@@ -65,15 +65,21 @@ def run(cfg: dict, out_dir: Path) -> None:
     with atomic_dir(out_dir) as tmp:
         counts = {}
         for split in ("train", "val", "test"):
+            path = tmp / f"{split}.parquet"
+            # Records and BLINK stream into the file, a row group at a time, each row checked (its
+            # images decoded once) on the way: training then reads them lazily.
             if split == "train" and data.train_records:
-                rows = read_records(Path(data.train_records), list(data.train_subsets))
+                count = write_rows(iter_records(Path(data.train_records), list(data.train_subsets)), path)
             elif data.source == "blink":
-                rows = blink_split(data, split)
+                count = write_rows(blink_split(data, split), path)
             elif split != "test":
-                rows = synthetic_split(data, split)
+                rows = synthetic_split(data, split)  # small: written through `datasets`, as always
+                write_split(rows, path)
+                count = len(rows)
             else:
                 continue  # the synthetic benchmark has no hidden-answer split
-            if rows:
-                write_split(rows, tmp / f"{split}.parquet")
-                counts[split] = len(rows)
+            if count:
+                counts[split] = count
+            else:
+                path.unlink()  # a split the BLINK copy does not have (test)
         write_json(tmp / "dataset.json", {"source": data.source, "train_records": data.train_records, "rows": counts})
