@@ -1,4 +1,4 @@
-"""DeepSpeed glue: start one process without a launcher, and load checkpoints safely.
+"""DeepSpeed glue: start one process without a launcher, pick the device, load checkpoints safely.
 
 DeepSpeed pickles a few of its own classes into checkpoints and loads them with
 `weights_only=False`. Before any checkpoint reaches DeepSpeed we check, with
@@ -47,6 +47,24 @@ def import_deepspeed():
         # The CPU shared-memory all-reduce is a fast path that JIT-compiles for ~80 s; gloo does without.
         importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
     return deepspeed
+
+
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}  # config name -> torch dtype
+
+
+def device(name: str = "auto") -> torch.device:
+    """Where a stage computes. `auto`: the accelerator DeepSpeed finds (this process's GPU under a
+    launcher), else the CPU; the training engine places the model by the same rule."""
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("evaluate.device: cuda, but torch sees no CUDA GPU here (a CPU build, or no driver); use auto")
+    if name != "auto":
+        return torch.device(name)
+    from deepspeed.accelerator import get_accelerator
+
+    accelerator = get_accelerator()
+    if accelerator.device_name() == "cpu":
+        return torch.device("cpu")
+    return torch.device(accelerator.device_name(int(os.environ.get("LOCAL_RANK", 0))))
 
 
 def latest_tag(checkpoint_dir: Path) -> str | None:

@@ -8,11 +8,16 @@ of several repeats are compared. Two settings: the embedded default (84-pixel im
 question) and an image-heavy one (four 336-pixel images per question: 576 image tokens), where
 encoding x once per step, rather than once per pass, is what keeps AMVL close to ntp. The
 last line is the image-heavy ratio R and its token lower bound L = (|x| + 2k + 2|y|) / (|x| + |y|).
+
+The same steps run again with gradient checkpointing (every decoder layer recomputed in
+backward): amvl keeps its prefix cache there too, and "no cache reuse" shows what a step cost
+when checkpointing switched the cache off (x then runs in both passes, and again in backward).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import statistics
 import time
@@ -45,7 +50,8 @@ def default_rows(n: int) -> list[dict]:
 
 
 def models(rows: list[dict]):
-    """ntp and amvl wrappers around one backbone, plus amvl without the prefix-cache reuse."""
+    """ntp and amvl wrappers around one backbone, plus amvl without the prefix-cache reuse; the
+    same three around a copy of the backbone with gradient checkpointing."""
     cfg = Section(validate({}))
     tokenizer = build_tokenizer([r["prompt"] + r["answer"] for r in rows], cfg.model.vocab_size, cfg.model.latent_slots)
     image_processor = build_image_processor(max(r["images"][0].width for r in rows))
@@ -55,8 +61,12 @@ def models(rows: list[dict]):
     amvl_no_cache = LatentReasoner(backbone, amvl.cfg)
     amvl_no_cache.load_state_dict(amvl.state_dict())
     amvl_no_cache.reuse_prefix_cache = False
+    named = {"ntp": ntp, "amvl": amvl, "amvl (no cache reuse)": amvl_no_cache}
+    checkpointed = copy.deepcopy(named)
+    checkpointed["amvl"].enable_gradient_checkpointing()  # on the copied backbone the three share
+    named.update({f"{name} + checkpointing": model for name, model in checkpointed.items()})
     examples = [encode(r, tokenizer, image_processor) for r in rows]
-    return {"ntp": ntp, "amvl": amvl, "amvl (no cache reuse)": amvl_no_cache}, examples, amvl.cfg.k
+    return named, examples, amvl.cfg.k
 
 
 def step(model, objective, optimizer, batch) -> None:
@@ -71,9 +81,10 @@ def measure(rows: list[dict], repeats: int) -> tuple[dict[str, float], float]:
     named, examples, k = models(rows)
     batch = collate(examples)
     objectives = {
-        "ntp": build_objective("ntp"),
-        "amvl": build_objective("amvl", beta={"max": 0.05}, gamma={"max": 0.05}),
-        "amvl (no cache reuse)": build_objective("amvl", beta={"max": 0.05}, gamma={"max": 0.05}),
+        name: build_objective("ntp")
+        if name.startswith("ntp")
+        else build_objective("amvl", {"max": 0.05}, {"max": 0.05})
+        for name in named
     }
     optimizers = {name: torch.optim.AdamW(m.parameters(), lr=1e-4) for name, m in named.items()}
     times = {name: [] for name in named}
@@ -106,6 +117,12 @@ def main() -> None:
         print(
             f"  amvl/ntp {ratio:.2f}, amvl without cache reuse/ntp "
             f"{medians['amvl (no cache reuse)'] / medians['ntp']:.2f}, token lower bound {bound:.2f}"
+        )
+        ntp, amvl = medians["ntp + checkpointing"], medians["amvl + checkpointing"]
+        print(
+            f"  with checkpointing: amvl/ntp {amvl / ntp:.2f}, without cache reuse/ntp "
+            f"{medians['amvl (no cache reuse) + checkpointing'] / ntp:.2f}; checkpointing costs ntp "
+            f"{ntp / medians['ntp']:.2f}x, amvl {amvl / medians['amvl']:.2f}x"
         )
     print(f"amvl/ntp step-time ratio: {ratio:.2f} (token lower bound {bound:.2f})")
 

@@ -48,6 +48,36 @@ def test_prefix_cache_reuse_changes_nothing(data, layout, latents):
         assert torch.allclose(cached["posterior"].logvar, full["posterior"].logvar, atol=1e-5)
 
 
+@pytest.mark.parametrize("layout", ["suffix", "pooled"])
+@pytest.mark.parametrize("latents", ["posterior", "prior_mean"])
+def test_gradient_checkpointing_keeps_the_prefix_cache_and_changes_no_gradient(data, layout, latents):
+    """Checkpointed layers keep reading x's cache: x runs once in forward and once more in backward
+    (the recompute), and every gradient is bit-identical to the run without checkpointing."""
+    tokenizer, examples = data
+    batch, grads, calls = collate(two_images_and_one(examples)), [], []
+    for checkpointing in (False, True):
+        model = make_model(tokenizer, layout=layout).train()
+        if checkpointing:
+            model.enable_gradient_checkpointing()
+        attention = model.backbone.model.language_model.layers[0].self_attn
+        columns = []  # query columns per call of the first layer's attention
+        attention.register_forward_hook(
+            lambda _module, _args, kwargs, _out: columns.append(kwargs["hidden_states"].shape[1]), with_kwargs=True
+        )
+        torch.manual_seed(0)
+        out = model(batch, latents=latents)
+        loss = out["ntp_loss"] + out["prior"].logvar.mean()
+        if out["posterior"] is not None:
+            loss = loss + out["posterior"].mean.mean()
+        loss.backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+        calls.append(columns)
+    forward = calls[0]  # x, then the variational and decode passes over their own columns
+    assert len(forward) == 3 and forward[0] == max(len(p) for p in batch["prompt_ids"])
+    assert calls[1] == forward + forward[::-1]  # each pass recomputed once, over its own columns only
+    assert torch.equal(grads[0], grads[1])
+
+
 def test_pooled_posterior_sees_the_answer_and_the_prior_does_not(data):
     tokenizer, examples = data
     model = make_model(tokenizer, layout="pooled")

@@ -90,6 +90,24 @@ def test_save_and_load_restore_identical_scores(built, tmp_path):
     assert torch.equal(backbone.lm_head.weight, model.backbone.lm_head.weight)
 
 
+def test_load_follows_the_training_precision_unless_told(built, tmp_path):
+    """A model folder records train.precision; evaluation loads in it by default (bf16 here), heads
+    included, with the KL-facing Gaussians still float32."""
+    import json
+
+    model, _, _, examples = built
+    model.save(tmp_path)
+    config = tmp_path / "amvl_config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "precision": "bf16"}))
+    loaded = LatentReasoner.load(tmp_path).eval()
+    assert {p.dtype for p in loaded.parameters()} == {torch.bfloat16}
+    with torch.no_grad():
+        out = loaded(collate(examples[:2]), latents="posterior")
+    assert out["prior"].mean.dtype == out["posterior"].logvar.dtype == torch.float32
+    assert torch.isfinite(out["ntp_loss"])
+    assert {p.dtype for p in LatentReasoner.load(tmp_path, dtype=torch.float32).parameters()} == {torch.float32}
+
+
 def test_processors_load_from_a_qwen_style_folder(built, tmp_path):
     """A real Qwen2.5-VL folder names the torchvision image processor; the PIL one reads it too."""
     import json

@@ -88,7 +88,12 @@ def test_missing_or_foreign_weights_say_what_to_put_where(tmp_path):
 
 
 def test_train_convert_evaluate_from_a_pretrained_folder(rows, prepared_data, tmp_path):
-    """model.backbone: pretrained through the real stages (DeepSpeed included)."""
+    """model.backbone: pretrained through the real stages (DeepSpeed included), in bf16: loaded in
+    bf16 (never float32 first), converted to the fp32 master weights, evaluated in bf16."""
+    import json
+
+    from safetensors import safe_open
+
     from amvl.stages import convert, evaluate, train
 
     tokenizer = build_tokenizer([r["prompt"] + r["answer"] for r in rows], 320, k=0)
@@ -98,12 +103,18 @@ def test_train_convert_evaluate_from_a_pretrained_folder(rows, prepared_data, tm
         {
             "model": {"backbone": "pretrained", "pretrained_path": str(tmp_path / "qwen")},
             "objective": {"name": "latent_det"},
-            "train": {"steps": 2, "batch_size": 2, "warmup_steps": 1, "checkpoint_every": 2, "log_every": 1},
+            "train": {
+                **{"steps": 2, "batch_size": 2, "warmup_steps": 1, "checkpoint_every": 2, "log_every": 1},
+                **{"precision": "bf16", "gradient_checkpointing": True},
+            },
             "evaluate": {"limit": 1},
         }
     )
     summary = train.run(cfg, prepared_data, tmp_path / "run")
     assert summary["objective"] == "latent_det" and "kl_forward" not in summary["final"]
+    assert json.loads((tmp_path / "run" / "skeleton" / "config.json").read_text())["dtype"] == "bfloat16"
     convert.run(cfg, tmp_path / "run", tmp_path / "model")
+    with safe_open(tmp_path / "model" / "model.safetensors", "pt") as weights:
+        assert weights.get_tensor("lm_head.weight").dtype == torch.float32
     metrics = evaluate.run(cfg, tmp_path / "model", prepared_data, tmp_path / "results")
-    assert 0 <= metrics["macro_accuracy"] <= 1
+    assert 0 <= metrics["macro_accuracy"] <= 1 and metrics["dtype"] == "bfloat16"

@@ -111,17 +111,28 @@ def build_small_qwen(model_cfg, tokenizer: PreTrainedTokenizerFast) -> Qwen2_5_V
         vision_start_token_id=ids[VISION_START],
         vision_end_token_id=ids[VISION_END],
         tie_word_embeddings=False,
+        attn_implementation=check_attn_implementation(model_cfg.attn_implementation),
     )
     torch.manual_seed(model_cfg.init_seed)
     return Qwen2_5_VLForConditionalGeneration(config)
 
 
+def check_attn_implementation(name: str) -> str:
+    """`model.attn_implementation`, or a one-line error where flash-attn is asked for and missing."""
+    import importlib.util
+
+    if name == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
+        raise UserError("model.attn_implementation: flash_attention_2 needs the flash-attn package and a CUDA GPU")
+    return name
+
+
 PRETRAINED_TYPES = ("qwen2_5_vl", "qwen2_vl")
 
 
-def load_pretrained(folder: Path, k: int, dtype=None):
+def load_pretrained(folder: Path, k: int, dtype=None, attn_implementation: str = "sdpa"):
     """A local Qwen2.5-VL / Qwen2-VL folder -> (backbone, tokenizer, image processor), with the
-    2k slot tokens added to the tokenizer and both embedding tables.
+    2k slot tokens added to the tokenizer and both embedding tables. `dtype` is the training
+    precision: loading in it directly keeps each rank from holding a float32 copy first.
 
     New rows start as the mean embedding plus noise of the table's own spread, rescaled to the
     table's mean norm: distinct from each other, and at the scale the decoder reads.
@@ -142,7 +153,9 @@ def load_pretrained(folder: Path, k: int, dtype=None):
     if model_type not in PRETRAINED_TYPES:
         raise UserError(f"{config_file}: model_type {model_type!r}; amvl wraps {' or '.join(PRETRAINED_TYPES)}")
     tokenizer, image_processor = load_processors(folder)
-    backbone = AutoModelForImageTextToText.from_pretrained(folder, dtype=dtype or torch.float32)
+    backbone = AutoModelForImageTextToText.from_pretrained(
+        folder, dtype=dtype or torch.float32, attn_implementation=check_attn_implementation(attn_implementation)
+    )
     prior, posterior = slot_tokens(k)
     tokenizer.add_tokens(prior + posterior, special_tokens=True)
     new_ids = tokenizer.convert_tokens_to_ids(prior + posterior)

@@ -4,7 +4,7 @@ Training (posterior layout `suffix`, docs/METHOD.md section 2) lays a batch out 
 
     [pad .. x | P_1..P_k | y | Q_1..Q_k | .. pad]      prompts left-padded, so P starts at one column
 
-and runs x once, keeping its key/value cache, then two passes that continue from that cache:
+and runs x once, keeping its key/value cache (`PassCache`), then two passes that continue from it:
 - the variational pass over [P | y | Q]: the prior p(Z|x) is read at the P slots (causal: they
   see only x), the posterior q(Z|x,y) at the Q slots (they see x and y);
 - the decode pass over [inj(Z) | y] scores y teacher-forced.
@@ -26,7 +26,9 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoConfig, AutoModelForImageTextToText, DynamicCache
+from transformers.cache_utils import Cache, DynamicLayer
 
+from amvl.distributed import PRECISIONS
 from amvl.errors import UserError
 from amvl.model.backbone import IM_END, slot_tokens
 from amvl.objectives import DiagGaussian
@@ -58,6 +60,8 @@ class LatentConfig:
     posterior_layout: str = "suffix"  # how q sees y: Q slots after y, or [h_P ; mean-pooled h_y]
     eos_id: int | None = None  # where generation stops
     answer_format: str = "letter"  # how answers were written in training (amvl.data.collate.ANSWER_FORMATS)
+    precision: str = "fp32"  # train.precision: the dtype evaluation loads the model in by default
+    attn_implementation: str = "sdpa"  # model.attn_implementation, which evaluation uses too
 
 
 class GaussianHead(nn.Module):
@@ -94,6 +98,42 @@ class LatentInjector(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.proj(z.to(self.proj.weight.dtype)), dim=-1) * self.embed_norm
+
+
+class PassLayer(DynamicLayer):
+    """One decoder layer's keys and values for one training pass: a fixed prefix (x's, or none)
+    followed by the pass's own columns, which are returned to attention but never stored. The
+    first write is recorded (`written`: x's keys and values, for the passes after it). A layer
+    rerun by gradient checkpointing in backward therefore sees what it saw the first time."""
+
+    def __init__(self, keys=None, values=None):
+        super().__init__()
+        self.written = None
+        if keys is not None:
+            self.lazy_initialization(keys, values)
+            self.keys, self.values = keys, values
+
+    def update(self, keys, values, *args, **kwargs):
+        if self.written is None:
+            self.written = (keys, values)
+        if not self.is_initialized:
+            return keys, values
+        return torch.cat([self.keys, keys], dim=-2), torch.cat([self.values, values], dim=-2)
+
+
+class PassCache(Cache):
+    """The cache of one training pass: empty for the x pass, then `after(x_cache)` for each pass
+    that continues from x. Passes never see each other's columns, so nothing is cropped."""
+
+    def __init__(self, prefix: list[tuple[torch.Tensor, torch.Tensor]] | None = None):
+        if prefix:
+            super().__init__(layers=[PassLayer(keys, values) for keys, values in prefix])
+        else:
+            super().__init__(layer_class_to_replicate=PassLayer)
+
+    @classmethod
+    def after(cls, x_cache: "PassCache") -> "PassCache":
+        return cls([layer.written for layer in x_cache.layers])
 
 
 @dataclass
@@ -141,11 +181,26 @@ class LatentReasoner(nn.Module):
         posterior_input = hidden_size * (2 if cfg.posterior_layout == "pooled" else 1)
         self.posterior_head = GaussianHead(posterior_input, cfg.d, tuple(cfg.posterior_logvar_bounds))
         self.injector = LatentInjector(cfg.d, hidden_size, cfg.embed_norm)
+        for module in (self.prior_head, self.posterior_head, self.injector):
+            module.proj.to(backbone.dtype)  # a bf16 backbone: weights in bf16, as DeepSpeed's bf16 casts them
         # Encode x once and let both training passes continue from its key/value cache. Off only
         # to check that it changes nothing (tests) or to compare costs (benchmarks).
         self.reuse_prefix_cache = True
         if cfg.freeze_vision:
             backbone.model.visual.requires_grad_(False)
+
+    def enable_gradient_checkpointing(self) -> None:
+        """Recompute each decoder layer in backward instead of keeping its activations. The layers
+        keep reading and writing the training passes' PassCache: its writes are recorded once and
+        its reads never change, so a recomputed layer sees what it saw (transformers drops the
+        cache under checkpointing otherwise, and x would then run again in every pass)."""
+        kwargs = {"use_reentrant": False}  # non-reentrant: gradients reach x through the cache, not layer outputs
+        if hasattr(self.backbone, "activation_checkpointing_enable"):
+            self.backbone.activation_checkpointing_enable(kwargs)
+        else:  # transformers before the rename
+            self.backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        for layer in self.backbone.model.language_model.layers:
+            layer._can_checkpoint_with_cache = True
 
     # ---- token layout and the backbone calls -------------------------------------------------
     def layout(self, prompt_ids, answer_ids, slot_ids: list[int], posterior_ids: list[int] | None = None) -> Layout:
@@ -246,10 +301,11 @@ class LatentReasoner(nn.Module):
             return {"ntp_loss": -self.answer_log_probs(hidden, layout).mean(), "prior": None, "posterior": None}
 
         # Variational pass over [x | P | y | Q]: P sees x only (prior), Q sees x and y (posterior).
-        x_end, start, cache = layout.prefix_len, 0, None
+        x_end, start, x_cache, cache = layout.prefix_len, 0, None, None
         if self.reuse_prefix_cache:
-            cache, start = DynamicCache(), x_end
-            self.run(layout, embeds, positions, images, stop=x_end, cache=cache)
+            x_cache, start = PassCache(), x_end
+            self.run(layout, embeds, positions, images, stop=x_end, cache=x_cache)
+            cache = PassCache.after(x_cache)
         stop = layout.slots.stop if latents == "prior_mean" else layout.ids.shape[1]
         hidden = self.run(layout, embeds, positions, images, stop=stop, start=start, cache=cache)
         prior = self.prior_head(hidden[:, x_end - start : x_end - start + layout.k])
@@ -259,8 +315,6 @@ class LatentReasoner(nn.Module):
 
         # Decode pass over [x | inj(Z) | y], continuing from x's cache (same position ids).
         z = posterior.sample() if posterior is not None else prior.mean
-        if cache is not None:
-            cache.crop(x_end - stop)
         decoded = self.run(
             layout,
             self.with_latents(layout, embeds, z),
@@ -268,7 +322,7 @@ class LatentReasoner(nn.Module):
             images,
             stop=layout.answer_end,
             start=start,
-            cache=cache,
+            cache=PassCache.after(x_cache) if x_cache is not None else None,
         )
         ntp_loss = -self.answer_log_probs(decoded, layout, start).mean()
         return {"ntp_loss": ntp_loss, "prior": prior, "posterior": posterior}
@@ -359,24 +413,29 @@ class LatentReasoner(nn.Module):
         (folder / LATENT_CONFIG).write_text(json.dumps(asdict(self.cfg), indent=2))
 
     @classmethod
-    def load(cls, folder: Path, dtype: torch.dtype = torch.float32) -> "LatentReasoner":
+    def load(cls, folder: Path, device="cpu", dtype: torch.dtype | None = None) -> "LatentReasoner":
+        """A model folder written by `amvl convert`, on `device`, in `dtype` (default: the
+        precision it was trained in), with the attention implementation it was trained with."""
         folder = Path(folder)
         for name in ("config.json", LATENT_CONFIG, LATENT_WEIGHTS):
             if not (folder / name).exists():
                 raise UserError(f"{folder}: missing {name}; is this a model folder written by `amvl convert`?")
         cfg = LatentConfig(**json.loads((folder / LATENT_CONFIG).read_text()))
-        backbone = AutoModelForImageTextToText.from_pretrained(folder, dtype=dtype)
+        dtype = dtype or PRECISIONS[cfg.precision]
+        backbone = AutoModelForImageTextToText.from_pretrained(
+            folder, dtype=dtype, attn_implementation=cfg.attn_implementation
+        )
         model = cls(backbone, cfg)
         missing, unexpected = model.load_state_dict(load_file(folder / LATENT_WEIGHTS), strict=False)
         missing = [key for key in missing if not key.startswith("backbone.")]
         if missing or unexpected:
             raise UserError(f"{folder / LATENT_WEIGHTS}: missing {missing}, unexpected {unexpected}")
-        return model
+        return model.to(device)
 
 
-def wrap_backbone(backbone, tokenizer, model_cfg, slot_kind: str = "latent") -> LatentReasoner:
+def wrap_backbone(backbone, tokenizer, model_cfg, slot_kind: str = "latent", precision: str = "fp32") -> LatentReasoner:
     """Add the latent slots, heads and injector of the `model` config section to a backbone;
-    `slot_kind` comes from the objective (see LatentConfig)."""
+    `slot_kind` comes from the objective and `precision` from training (see LatentConfig)."""
     prior_tokens, posterior_tokens = slot_tokens(model_cfg.latent_slots)
     ids = tokenizer.convert_tokens_to_ids(prior_tokens + posterior_tokens)
     if tokenizer.unk_token_id is not None and tokenizer.unk_token_id in ids:
@@ -396,6 +455,8 @@ def wrap_backbone(backbone, tokenizer, model_cfg, slot_kind: str = "latent") -> 
         posterior_layout=model_cfg.posterior_layout,
         eos_id=tokenizer.convert_tokens_to_ids(IM_END),
         answer_format=model_cfg.answer_format,
+        precision=precision,
+        attn_implementation=model_cfg.attn_implementation,
     )
     return LatentReasoner(backbone, cfg)
 
@@ -408,5 +469,7 @@ def save_skeleton(model: LatentReasoner, folder: Path) -> None:
 
 
 def load_skeleton(folder: Path) -> LatentReasoner:
+    """In float32 whatever the training precision: conversion writes the fp32 master weights."""
     cfg = LatentConfig(**json.loads((Path(folder) / LATENT_CONFIG).read_text()))
-    return LatentReasoner(AutoModelForImageTextToText.from_config(AutoConfig.from_pretrained(folder)), cfg)
+    config = AutoConfig.from_pretrained(folder)
+    return LatentReasoner(AutoModelForImageTextToText.from_config(config, dtype=torch.float32), cfg)

@@ -5,6 +5,10 @@ models/<experiment>/<run>/
                                                             (Qwen2_5_VLForConditionalGeneration.from_pretrained)
   latent_modules.safetensors, amvl_config.json             prior/posterior heads, injector, slot ids
   tokenizer files, preprocessor_config.json                 what evaluation needs to encode inputs
+
+It runs on the host whatever the machine: consolidating ZeRO shards is DeepSpeed's fp32
+concatenation, with nothing for an accelerator to compute. The weights are written in fp32 (the
+optimizer's master copy) whatever the training precision; `amvl evaluate` loads them in its own.
 """
 
 from __future__ import annotations
