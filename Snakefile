@@ -1,6 +1,7 @@
 # amvl: prepare -> train -> convert -> evaluate -> report.
 #   snakemake --cores all                              # the embedded default (config/config.yaml)
 #   snakemake --cores all --configfile config/smoke.yaml
+#   snakemake --cores all --resources gpu=8 --configfile config/real_scale.yaml   # one training at a time
 # Each rule calls one `amvl` command and passes it, as JSON, only the config sections that
 # stage reads: editing a training value reruns train and what follows, never prepare.
 import sys
@@ -9,7 +10,13 @@ from snakemake.utils import min_version
 
 min_version("9.0")
 
-configfile: "config/config.yaml"
+# Each config file stands alone: `--configfile a.yaml b.yaml` is a.yaml, with b.yaml and then any
+# --config values deep-merged over it (Snakemake's own merge), over the schema's defaults only.
+# config/config.yaml, the embedded default, is read only when no config file is given.
+if not workflow.overwrite_configfiles:
+
+    configfile: "config/config.yaml"
+
 
 sys.path.insert(0, workflow.basedir)  # the amvl package of this checkout, installed or not
 from amvl import config as amvl_config
@@ -19,6 +26,7 @@ try:
     # Validates against workflow/schemas/config.schema.yaml and fills its defaults.
     config = amvl_config.check_runs(amvl_config.validate(config))
     amvl_config.check_paths(config)  # a mistyped input path stops the plan, naming key and path
+    GPUS = {run: amvl_config.train_gpus(config, run) for run in config["runs"]}  # per training
 except ConfigError as error:
     sys.exit(f"config error: {error}")
 
@@ -35,6 +43,15 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/convert.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
+
+
+onstart:
+    # Snakemake counts GPUs only when told how many there are: without --resources gpu=N it would
+    # start every GPU training at once, on the same GPUs. (A cluster executor places jobs itself.)
+    if workflow.local_exec and not workflow.touch and any(GPUS.values()):
+        if "gpu" not in workflow.resource_settings.resources:
+            sys.exit(f"config error: runs train on {max(GPUS.values())} GPUs each; "
+                     "say how many this machine has, e.g. snakemake --resources gpu=8 ...")
 
 
 rule all:

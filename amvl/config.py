@@ -8,7 +8,9 @@ and resolves a run (its overrides deep-merged over the base sections).
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -102,8 +104,8 @@ def load(*paths: str | Path) -> dict:
 
 
 def check_runs(config: dict) -> dict:
-    """Drop runs set to null (how a config file removes a run it inherits from config.yaml), then
-    validate each run's merged config so a bad override names `runs.<run>.<key>`."""
+    """Drop runs set to null (how an override file removes a run of the config it is merged over),
+    then validate each run's merged config so a bad override names `runs.<run>.<key>`."""
     config["runs"] = {run: overrides for run, overrides in config["runs"].items() if overrides is not None}
     if not config["runs"]:
         raise ConfigError("runs: every run is null; keep at least one")
@@ -175,8 +177,71 @@ class Section(dict):
         return Section(value) if isinstance(value, dict) else value
 
 
+# How each known launcher names its processes per node and its rendezvous port.
+LAUNCHERS = {
+    "torchrun": {"processes": ("--nproc_per_node", "--nproc-per-node"), "default": "1", "port": "--master-port",
+                 "own_port": ("--master-port", "--master_port", "--rdzv-endpoint", "--rdzv_endpoint", "--standalone")},
+    "deepspeed": {"processes": ("--num_gpus", "--num_accelerators"), "default": None, "port": "--master_port",
+                  "own_port": ("--master_port",)},
+}  # fmt: skip
+
+
+def _launcher(launcher: str) -> tuple[list[str], dict | None]:
+    """The launcher's words, and which of LAUNCHERS it is (None: another program)."""
+    words = shlex.split(launcher)
+    name = "torchrun" if "torch.distributed.run" in words else Path(words[0]).name if words else ""
+    return words, LAUNCHERS.get(name)
+
+
+def _option(words: list[str], names: tuple[str, ...]) -> str | None:
+    """The value of the first of `names` in `words` (`--name value` or `--name=value`), "" for a bare flag."""
+    for i, word in enumerate(words):
+        name, eq, value = word.partition("=")
+        if name in names:
+            return value if eq else next((w for w in words[i + 1 : i + 2] if not w.startswith("-")), "")
+    return None
+
+
+def train_gpus(cfg: dict, run: str) -> int:
+    """GPUs one training of `run` takes on its node: the train rule's Snakemake resource `gpu`, so
+    `--resources gpu=N` never starts two trainings on the same GPUs. Every launcher process is
+    one GPU; no launcher is one plain process, counted as a CPU run (0)."""
+    launcher = resolve_run(cfg, run)["train"]["launcher"]
+    if not launcher:
+        return 0
+    words, known = _launcher(launcher)
+    count = _option(words, known["processes"]) if known else None
+    count = known["default"] if known and count is None else count
+    if not (count or "").isdigit():
+        raise ConfigError(
+            f"train.launcher: {launcher!r} (run {run}) does not say how many GPUs it takes per node; write "
+            "`torchrun --nproc_per_node N` or `deepspeed --num_gpus N`, so Snakemake can keep two trainings apart"
+        )
+    return int(count)
+
+
+def evaluate_gpus(cfg: dict, run: str) -> int:
+    """GPUs an evaluation of `run` takes (the evaluate rule's resource `gpu`): one where it runs on
+    a GPU, which `evaluate.device: auto` does where the run trained on GPUs."""
+    device = resolve_run(cfg, run)["evaluate"]["device"]
+    return int(device == "cuda" or (device == "auto" and train_gpus(cfg, run) > 0))
+
+
+def rendezvous_port(cfg: dict, run: str) -> int:
+    """A port in 20000-29999 (below Linux's ephemeral range) fixed by experiment and run, so
+    launchers started side by side on one machine do not all bind torch's default 29500."""
+    digest = hashlib.sha256(f"{cfg['experiment']}/{run}".encode()).hexdigest()
+    return 20000 + int(digest, 16) % 10000
+
+
 def train_command(cfg: dict, run: str) -> str:
     """How the train rule starts `amvl`: directly, or through the run's multi-process launcher
-    (`deepspeed ...`, `torchrun ...`), which then starts `python -m amvl` once per process."""
+    (`deepspeed ...`, `torchrun ...`), which then starts `python -m amvl` once per process, on
+    the run's own rendezvous port unless the launcher names one."""
     launcher = resolve_run(cfg, run)["train"]["launcher"]
-    return f"{launcher} --module amvl" if launcher else "amvl"
+    if not launcher:
+        return "amvl"
+    words, known = _launcher(launcher)
+    if known and _option(words, known["own_port"]) is None:
+        launcher += f" {known['port']} {rendezvous_port(cfg, run)}"
+    return f"{launcher} --module amvl"

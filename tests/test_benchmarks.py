@@ -1,5 +1,6 @@
 """The benchmark scripts run and print what their docstrings promise (timings are not checked)."""
 
+import json
 import re
 import subprocess
 import sys
@@ -18,7 +19,27 @@ def test_step_cost_ends_with_the_ratio_line():
     assert re.fullmatch(r"amvl/ntp step-time ratio: \d+\.\d\d \(token lower bound \d+\.\d\d\)", lines[-1])
 
 
+def test_data_scale_ends_with_the_two_ratio_lines():
+    lines = run_script("benchmarks/data_scale.py", "--sizes", "6", "12", "--steps", "2", "--batch", "2", "--repeats", "1")
+    assert re.fullmatch(r"peak RSS ratio \(large/small\): \d+\.\d\d", lines[-2])
+    assert re.fullmatch(r"time to first step ratio \(large/small\): \d+\.\d\d", lines[-1])
+    assert lines[0].startswith("N=6: train.parquet") and lines[1].startswith("N=12: train.parquet")
+
+
 def test_gpu_throughput_runs_its_tiny_shape_on_cpu():
     lines = run_script("benchmarks/gpu_throughput.py", "--tiny", "--steps", "1", "--batch", "2")
     assert any(line.startswith("ntp: ") and "tokens/s" in line for line in lines)
     assert any(line.startswith("amvl: ") for line in lines) and lines[-1].startswith("amvl/ntp step-time ratio:")
+
+
+def test_gpu_check_writes_its_json_on_cpu_in_a_tiny_shape(tmp_path):
+    out = tmp_path / "check.json"
+    run_script("benchmarks/gpu_check.py", "--tiny", "--out", str(out), "--steps", "1", "--eval-questions", "2")
+    report = json.loads(out.read_text())
+    pipeline = report["pipeline"]  # the real stages: where they put the model
+    assert pipeline["train_device"] == pipeline["evaluate_device"] == "cpu" and pipeline["evaluate_dtype"] == "bfloat16"
+    assert pipeline["diagnostics"] and report["model"]["layers"] == report["model"]["of_layers"] == 2
+    train = report["train"]
+    assert train["zero_stage"] == 2 and train["precision"] == "bf16" and train["gradient_checkpointing"]
+    assert train["ntp"]["tokens_per_s"] > 0 and train["amvl"]["tokens_per_s"] > 0 and train["amvl_ntp_step_ratio"] > 0
+    assert report["evaluate"]["questions"] == 2 and report["evaluate"]["questions_per_s"] > 0

@@ -64,6 +64,7 @@ def test_convert_then_evaluate_then_report(trained, prepared_data, tmp_path):
     assert torch.equal(loaded.prior_head.proj.weight, state["prior_head.proj.weight"])
 
     metrics = evaluate.run(cfg, model_dir, prepared_data, tmp_path / "results" / "amvl")
+    assert (metrics["device"], metrics["dtype"]) == ("cpu", "float32")  # auto: no accelerator, fp32 training
     subtasks = cfg["data"]["subtasks"]
     assert set(metrics["per_task"]) == set(subtasks)
     assert all(0.0 <= v <= 1.0 for v in metrics["per_task"].values())
@@ -91,6 +92,30 @@ def test_convert_then_evaluate_then_report(trained, prepared_data, tmp_path):
     text = (tmp_path / "reports" / "report.md").read_text()
     assert "| amvl |" in text and "*chance*" in text
     assert (tmp_path / "reports" / "training_curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_evaluate_places_the_model_on_the_configured_device_and_dtype(trained, prepared_data, tmp_path, monkeypatch):
+    """evaluate.device and evaluate.precision reach the model (CPU here; benchmarks/gpu_check.py covers CUDA)."""
+    cfg, run_dir, _ = trained
+    convert.run({}, run_dir, tmp_path / "model")
+    loaded = []
+    load = LatentReasoner.load
+    monkeypatch.setattr(LatentReasoner, "load", lambda *a, **kw: loaded.append(load(*a, **kw)) or loaded[-1])
+    cfg = json.loads(json.dumps(cfg))
+    cfg["evaluate"].update(device="cpu", precision="bf16", limit=1, diagnostics=False, mode="likelihood")
+    metrics = evaluate.run(cfg, tmp_path / "model", prepared_data, tmp_path / "results")
+    (model,) = loaded
+    assert {(p.device.type, p.dtype) for p in model.parameters()} == {("cpu", torch.bfloat16)}
+    assert model.backbone.model.language_model.rotary_emb.inv_freq.dtype == torch.float32  # positions stay exact
+    assert (metrics["device"], metrics["dtype"]) == ("cpu", "bfloat16") and 0 <= metrics["macro_accuracy"] <= 1
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA GPU is here")
+def test_evaluate_on_cuda_without_cuda_says_so():
+    from amvl.distributed import device
+
+    with pytest.raises(UserError, match="evaluate.device: cuda, but torch sees no CUDA GPU"):
+        device("cuda")
 
 
 def test_convert_refuses_a_checkpoint_that_pickles_code(trained, tmp_path):

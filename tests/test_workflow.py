@@ -6,6 +6,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections import defaultdict
 
@@ -13,7 +14,7 @@ import pytest
 import yaml
 from conftest import copy_project, run_tool, tool_env
 
-from amvl.config import deep_merge, validate
+from amvl.config import load_schema, validate
 
 SMOKE = ["--configfile", "config/smoke.yaml"]
 
@@ -112,11 +113,8 @@ def test_bad_config_stops_snakemake_with_one_line(smoke_project, tmp_path):
     result = run_tool(["snakemake", "-n", *SMOKE, str(bad)], cwd=smoke_project, check=False)
     assert result.returncode != 0
     errors = [line for line in (result.stdout + result.stderr).splitlines() if "error" in line.lower()]
-    assert errors == [
-        "config error: train.stepz: unknown key (allowed: batch_size, checkpoint_every, deepspeed_config, "
-        "grad_accum, grad_clip, gradient_checkpointing, keep_checkpoints, latent_lr, launcher, log_every, lr, "
-        "monitor, precision, seed, steps, threads, warmup_steps, weight_decay)"
-    ]
+    allowed = ", ".join(sorted(load_schema()["properties"]["train"]["properties"]))
+    assert errors == [f"config error: train.stepz: unknown key (allowed: {allowed})"]
 
 
 def test_lint_is_clean(tmp_path):
@@ -159,8 +157,7 @@ def test_dvc_round_trip_as_the_readme_says(smoke_project, tmp_path):
     remote, project, clone = tmp_path / "remote", tmp_path / "origin", tmp_path / "clone"
     shutil.copytree(smoke_project, project, symlinks=True)
     # The smoke settings as the config file itself, so `dvc repro` (= snakemake --cores all) is the smoke DAG.
-    merged = deep_merge(*(yaml.safe_load((project / f"config/{n}.yaml").read_text()) for n in ("config", "smoke")))
-    (project / "config/config.yaml").write_text(yaml.safe_dump(merged))
+    shutil.copy(project / "config/smoke.yaml", project / "config/config.yaml")
     git = lambda *args, cwd=project: run_tool(["git", "-c", "user.email=ci@amvl", "-c", "user.name=ci", *args], cwd=cwd)  # noqa: E731
     git("init", "-q")
     git("add", "-A")
@@ -184,7 +181,7 @@ def test_dvc_round_trip_as_the_readme_says(smoke_project, tmp_path):
     # Provenance came along: a config edit in the clone still reruns what it should.
     edited = tmp_path / "edited.yaml"
     edited.write_text("train:\n  lr: 0.001\n")
-    assert planned(clone, "--configfile", str(edited)) == after_training(len(LOGGED_TERMS))
+    assert planned(clone, "--configfile", "config/config.yaml", str(edited)) == after_training(len(LOGGED_TERMS))
 
 
 def test_sigkilled_training_resumes_where_it_stopped(tmp_path):
@@ -222,31 +219,98 @@ def test_sigkilled_training_resumes_where_it_stopped(tmp_path):
     assert steps == list(range(25, 151, 25))
 
 
-def test_slurm_profile_gives_train_a_gpu_node_and_the_launcher(tmp_path):
-    """The real-scale config through the SLURM profile, as a dry run (no cluster here)."""
-    project = copy_project(tmp_path)
+def paper_setting(tmp_path) -> list[str]:
+    """config/real_scale.yaml with its input paths on empty folders (planning checks that they exist)."""
     for folder in ("Monet-SFT-125K", "BLINK", "Qwen2.5-VL-7B-Instruct"):
-        (tmp_path / folder).mkdir()  # planning checks that every input path exists
+        (tmp_path / folder).mkdir()
     local = tmp_path / "local.yaml"
     local.write_text(
         f"data:\n  train_records: {tmp_path / 'Monet-SFT-125K'}\n  blink_root: {tmp_path / 'BLINK'}\n"
         f"model:\n  pretrained_path: {tmp_path / 'Qwen2.5-VL-7B-Instruct'}\n"
     )
-    args = [
-        "snakemake",
-        "-n",
-        "-p",
-        "--profile",
-        "profiles/slurm",
-        "--configfile",
-        "config/real_scale.yaml",
-        str(local),
-    ]
+    return ["--configfile", "config/real_scale.yaml", str(local)]
+
+
+def jobs(out: str, rule: str) -> list[str]:
+    """The blocks `snakemake -n -p` prints for each job of `rule`."""
+    return [block.split("\n[")[0] for block in out.split(f"rule {rule}:")[1:]]
+
+
+def test_slurm_profile_gives_each_training_a_gpu_node_of_its_own(tmp_path):
+    """The real-scale config through the SLURM profile, as a dry run (no cluster here)."""
+    project = copy_project(tmp_path)
+    args = ["snakemake", "-n", "-p", "--profile", "profiles/slurm", *paper_setting(tmp_path)]
     out = run_tool(args, cwd=project).stdout
-    train_job = out.split("rule train:")[1].split("rule ")[0]
-    assert "slurm_partition=gpu" in train_job and "gpu=8" in train_job and "runtime=2880" in train_job
-    assert "Shell command: torchrun --nproc_per_node 8 --module amvl train --config-json" in train_job
-    assert re.search(r"^train\s+2$", out, re.MULTILINE)  # the amvl and ntp runs
+    trainings = jobs(out, "train")
+    assert len(trainings) == 2  # the amvl and ntp runs
+    for job in trainings:
+        resources = re.search(r"resources: (.*)", job)[1].split(", ")
+        assert {"slurm_partition=gpu", "gpu=8", "nodes=1", "slurm_extra=--exclusive", "runtime=2880"} <= set(resources)
+        assert re.search(r"Shell command: torchrun --nproc_per_node 8 --master-port \d+ --module amvl train", job)
+    assert all("gpu=1" in job for job in jobs(out, "evaluate"))
+
+
+def test_the_paper_config_plans_one_training_at_a_time_on_an_8_gpu_node(tmp_path):
+    """`snakemake --resources gpu=8` on the node: each training asks for all 8 GPUs (so two never
+    run together) and rendezvouses on its own port; each evaluation asks for one."""
+    project = copy_project(tmp_path)
+    out = run_tool(["snakemake", "-n", "-p", "--cores", "all", "--resources", "gpu=8", *paper_setting(tmp_path)],
+                   cwd=project).stdout  # fmt: skip
+    trainings = jobs(out, "train")
+    assert len(trainings) == 2 and all(re.search(r"resources: .*\bgpu=8\b", job) for job in trainings)
+    ports = {re.search(r"--master-port (\d+)", job)[1] for job in trainings}
+    assert len(ports) == 2
+    assert all(re.search(r"resources: .*\bgpu=1\b", job) for job in jobs(out, "evaluate"))
+
+
+def test_local_gpu_trainings_never_overlap(tmp_path):
+    """Real Snakemake, with a stand-in torchrun that records when it runs: two 8-GPU trainings,
+    two free cores. Without --resources gpu=N the run stops before starting anything; with
+    gpu=8 the trainings run one after the other, on distinct ports; with gpu=16, side by side."""
+    project = copy_project(tmp_path)
+    fake = tmp_path / "bin" / "torchrun"
+    fake.parent.mkdir()
+    fake.write_text(
+        f"#!{sys.executable}\n"
+        "import json, pathlib, sys, time\n"
+        "args = sys.argv[1:]\n"
+        "out, start = pathlib.Path(args[args.index('--out') + 1]), time.time()\n"
+        "time.sleep(1.5)\n"
+        "out.mkdir(parents=True, exist_ok=True)\n"
+        "(out / 'train_summary.json').write_text('{}')\n"
+        "with open(pathlib.Path(__file__).with_name('calls.jsonl'), 'a') as f:\n"
+        "    f.write(json.dumps({'start': start, 'end': time.time(), 'args': args}) + '\\n')\n"
+    )
+    fake.chmod(0o755)
+    gpus = tmp_path / "gpus.yaml"
+    gpus.write_text(f"train:\n  launcher: {fake} --nproc_per_node 8\n")
+    args = ["snakemake", "--cores", "2", *SMOKE, str(gpus), "--", "runs/smoke/ntp/train_summary.json",
+            "runs/smoke/amvl/train_summary.json"]  # fmt: skip
+
+    def overlapped(*resources) -> bool:
+        calls_file = fake.with_name("calls.jsonl")
+        calls_file.unlink(missing_ok=True)
+        run_tool([*args[:3], *resources, "--forcerun", "train", *args[3:]], cwd=project)
+        calls = sorted((json.loads(line) for line in calls_file.read_text().splitlines()), key=lambda c: c["start"])
+        assert len(calls) == 2 and len({c["args"][c["args"].index("--master-port") + 1] for c in calls}) == 2
+        return calls[1]["start"] < calls[0]["end"]
+
+    refused = run_tool(args, cwd=project, check=False)
+    assert refused.returncode != 0 and "--resources gpu=8" in refused.stdout + refused.stderr
+    assert not (project / "data").exists()  # stopped before any job
+    assert not overlapped("--resources", "gpu=8")
+    assert overlapped("--resources", "gpu=16")  # the check can see an overlap
+
+
+def test_a_config_file_given_on_the_command_line_stands_alone(smoke_project):
+    """config/config.yaml is read only without --configfile: editing it replans nothing of smoke."""
+    default = smoke_project / "config/config.yaml"
+    text = default.read_text()
+    try:
+        default.write_text(text.replace("lr: 0.002", "lr: 0.001") + "  extra: {}\n")  # a value and a run
+        assert planned(smoke_project, *SMOKE) == {}
+    finally:
+        default.write_text(text)
 
 
 @pytest.mark.slow

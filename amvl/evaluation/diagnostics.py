@@ -18,6 +18,7 @@ generated answer is parsed). On the evaluation split, for a model with latent sl
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import torch
 
@@ -25,18 +26,26 @@ from amvl.data.collate import Example, collate
 from amvl.objectives import DiagGaussian, gaussian_kl
 
 
-def chunks(items: list, size: int):
+def chunks(items, size: int):
+    """The examples `size` at a time, in order; a streamed set (amvl.data.stream.Examples) decodes
+    them as it goes, and iterating over it gives only their tokens."""
+    if hasattr(items, "chunks"):
+        yield from items.chunks(size)
+        return
     for start in range(0, len(items), size):
         yield items[start : start + size]
 
 
 @torch.no_grad()
-def latents(model, examples: list[Example], batch_size: int, answers: list[list[int]] | None = None) -> dict:
-    """Prior and posterior (given `answers`, default the gold ones) for every example, concatenated."""
+def latents(model, examples: list[Example], batch_size: int, answers: list[list[int]] | None = None, change=None):
+    """Prior and posterior (given `answers`, default the gold ones) for every example, concatenated;
+    `change` is applied to each example first."""
     priors, posteriors = [], []
     for i, chunk in enumerate(chunks(examples, batch_size)):
         if answers is not None:
             chunk = [dataclasses.replace(e, answer_ids=a) for e, a in zip(chunk, answers[i * batch_size :])]
+        if change is not None:
+            chunk = [change(e) for e in chunk]
         out = model(collate(chunk), latents="posterior", decode=False)
         priors.append(out["prior"])
         posteriors.append(out["posterior"])
@@ -114,8 +123,9 @@ def leakage(model, examples: list[Example], batch_size: int, taus: list[float], 
     vocab = model.backbone.get_input_embeddings().weight.shape[0]
     sensitivity = {}
     for part in ("image", "text"):
-        moved = [perturbed(e, part, generator, specials, vocab) for e in examples]
-        shift = (latents(model, moved, batch_size)["prior"].mean - prior.mean).norm(dim=-1)
+        # Perturbed chunk by chunk, in order: the same draws as perturbing every example first.
+        change = functools.partial(perturbed, part=part, generator=generator, specials=specials, vocab=vocab)
+        shift = (latents(model, examples, batch_size, change=change)["prior"].mean - prior.mean).norm(dim=-1)
         sensitivity[part] = (shift.mean(0) / prior.mean.norm(dim=-1).mean(0)).tolist()
 
     return {

@@ -22,8 +22,10 @@ from pathlib import Path
 import torch
 
 from amvl.config import Section
-from amvl.data.blink import letter, read_split
-from amvl.data.collate import collate, encode
+from amvl.data import budget, stream
+from amvl.data.blink import letter
+from amvl.data.collate import collate
+from amvl.distributed import PRECISIONS, device
 from amvl.evaluation import diagnostics
 from amvl.evaluation.extract import extract_choice_route
 from amvl.evaluation.metrics import accuracy_table
@@ -66,6 +68,29 @@ class Counted:
         return out
 
 
+QUESTION_COLUMNS = ["idx", "sub_task", "answer", "choices"]  # what records need: read without the images
+
+
+def questions(cfg, split: stream.Rows, rows: list[dict], tokenizer, image_processor, answer_format: str):
+    """(rows to answer, rows skipped, their examples, streamed): the images capped at
+    evaluate.min/max_pixels where set; with evaluate.max_tokens, questions over it are resized
+    down, and those that do not fit even at min_pixels are skipped."""
+    budget.set_caps(image_processor, cfg.min_pixels, cfg.max_pixels, "evaluate")
+    indices = [row["row"] for row in rows]
+    kept = set(stream.within_budget(split, indices, tokenizer, image_processor, answer_format, cfg.max_tokens)[0])
+    answered, skipped = [r for r in rows if r["row"] in kept], [r for r in rows if r["row"] not in kept]
+    dataset = stream.Encoded(split, tokenizer, image_processor, answer_format, cfg.max_tokens, "evaluate.max_tokens")
+    return answered, skipped, stream.Examples(dataset, [r["row"] for r in answered], cfg.workers)
+
+
+def skipped_record(row: dict) -> dict:
+    """A question over evaluate.max_tokens: not answered, so scored wrong."""
+    return {
+        **{k: row[k] for k in ("idx", "sub_task", "answer", "row")},
+        **{"full_prediction": "", "prediction": "(Z)", "route": "skipped", "options": len(row["choices"])},
+    }
+
+
 def diagnostic_batches(examples, batch_size: int, taus: list[float]) -> int:
     """How many batches `diagnostics.leakage` runs, for the progress total: posterior passes for
     the gold answer, a wrong one, each option and two perturbations; option-scoring passes for
@@ -94,15 +119,17 @@ def run(cfg: dict, model_dir: Path, data_dir: Path, out_dir: Path, threads: int 
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(0)  # tau > 0 draws noise; the same draws every time
-    rows = limit_per_task(read_split(Path(data_dir) / f"{cfg.split}.parquet", split=cfg.split), cfg.limit)
-    model = LatentReasoner.load(model_dir).eval()
+    split = stream.Rows(Path(data_dir) / f"{cfg.split}.parquet", split=cfg.split)  # read as answered
+    rows = limit_per_task([dict(r, row=i) for i, r in enumerate(split.text(QUESTION_COLUMNS))], cfg.limit)
+    dtype = None if cfg.precision == "auto" else PRECISIONS[cfg.precision]  # auto: the training precision
+    model = LatentReasoner.load(model_dir, device(cfg.device), dtype).eval()
     tokenizer, image_processor = load_processors(model_dir)
-    examples = [encode(row, tokenizer, image_processor, model.cfg.answer_format) for row in rows]
+    rows, skipped, examples = questions(cfg, split, rows, tokenizer, image_processor, model.cfg.answer_format)
 
-    records = []
+    records = [skipped_record(row) for row in skipped]
     with Progress(f"evaluate ({cfg.mode})", len(examples), "questions") as progress:
-        for start in range(0, len(examples), cfg.batch_size):
-            chunk, chunk_rows = examples[start : start + cfg.batch_size], rows[start : start + cfg.batch_size]
+        for start, chunk in zip(range(0, len(examples), cfg.batch_size), examples.chunks(cfg.batch_size)):
+            chunk_rows = rows[start : start + cfg.batch_size]
             for row, (prediction, full, route) in zip(chunk_rows, answer(model, tokenizer, chunk, chunk_rows, cfg)):
                 records.append(
                     {
@@ -113,9 +140,11 @@ def run(cfg: dict, model_dir: Path, data_dir: Path, out_dir: Path, threads: int 
                         "prediction": prediction,
                         "route": route,
                         "options": len(row["choices"]),
+                        "row": row["row"],
                     }
                 )
-            progress.update(len(records))
+            progress.update(len(records) - len(skipped))
+    records = sorted(records, key=lambda r: r.pop("row"))  # file order, skipped questions in their place
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -127,6 +156,10 @@ def run(cfg: dict, model_dir: Path, data_dir: Path, out_dir: Path, threads: int 
         ]
         write_json(out_dir / f"{task}.json", {cfg.split: official})
     metrics = {"split": cfg.split, "mode": cfg.mode, "tau": cfg.tau, "latents": "prior", "questions": len(records)}
+    if cfg.max_tokens:
+        metrics["skipped"] = len(skipped)  # over evaluate.max_tokens even at min_pixels: scored wrong
+    weights = model.backbone.get_input_embeddings().weight  # where and in what the answers were computed
+    metrics.update(device=weights.device.type, dtype=str(weights.dtype).removeprefix("torch."))
     if cfg.split == "test":  # answers hidden: nothing to score, a file to submit
         write_json(out_dir / "submission.json", {r["idx"]: r["prediction"] for r in records})
     else:
@@ -137,9 +170,12 @@ def run(cfg: dict, model_dir: Path, data_dir: Path, out_dir: Path, threads: int 
         metrics["fallback_rate"] = {task: sum(f) / len(f) for task, f in sorted(fallback.items())}
         if cfg.diagnostics and model.cfg.slot_kind == "latent":
             specials = set(tokenizer.all_special_ids) | set(tokenizer.added_tokens_decoder)  # chat, vision, slots
-            total = diagnostic_batches(examples, cfg.batch_size, cfg.taus)
+            # About 15 passes over each question: evaluate.diagnostics_limit keeps a 7B model to a subset.
+            probe = examples.subset([row["row"] for row in limit_per_task(rows, cfg.diagnostics_limit)])
+            total = diagnostic_batches(probe, cfg.batch_size, cfg.taus)
             with Progress("diagnostics", total, "batches") as progress:
                 counted = Counted(model, progress)
-                metrics["diagnostics"] = diagnostics.leakage(counted, examples, cfg.batch_size, cfg.taus, specials)
+                metrics["diagnostics"] = diagnostics.leakage(counted, probe, cfg.batch_size, cfg.taus, specials)
+            metrics["diagnostics"]["questions"] = len(probe)
     write_json(out_dir / "metrics.json", metrics)  # last: the rule's output marks completion
     return metrics

@@ -12,7 +12,6 @@ functions of (seed, step), so a resumed run sees exactly what an uninterrupted o
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import importlib.util
 import json
@@ -20,15 +19,15 @@ import math
 import os
 import shutil
 import time
+from collections import Counter
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from amvl.config import STAGE_SECTIONS, Section
-from amvl.data.blink import read_split
-from amvl.data.collate import collate, encode
-from amvl.distributed import check_checkpoint_safe, import_deepspeed, latest_tag
+from amvl.data import budget, stream
+from amvl.data.stream import batch_indices, epoch_order  # noqa: F401  (the sampler, as tests import it)
+from amvl.distributed import PRECISIONS, check_checkpoint_safe, device, import_deepspeed, latest_tag
 from amvl.errors import UserError
 from amvl.io import atomic_dir, write_json, write_text
 from amvl.model.backbone import (
@@ -41,19 +40,6 @@ from amvl.model.backbone import (
 from amvl.model.latent import save_skeleton, wrap_backbone
 from amvl.objectives import build_objective
 from amvl.progress import Progress
-
-
-@functools.lru_cache(maxsize=4)
-def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
-    return np.random.default_rng([seed, epoch]).permutation(n)
-
-
-def batch_indices(step: int, micro: int, cfg, n: int, rank: int = 0, world: int = 1) -> list[int]:
-    """Rows of micro-batch `micro` of optimizer step `step` on `rank`: consecutive slices of an
-    endless stream of seeded epochs, so one process sees what `world` processes see together."""
-    first = ((step * cfg.grad_accum + micro) * world + rank) * cfg.batch_size
-    positions = [divmod(position, n) for position in range(first, first + cfg.batch_size)]
-    return [int(epoch_order(cfg.seed, epoch, n)[offset]) for epoch, offset in positions]
 
 
 def lr_factor(step: int, cfg) -> float:
@@ -95,17 +81,22 @@ def build(cfg: Section, rows: list[dict], run_dir: Path, slot_kind: str, write: 
     """Tokenizer, image processor and model: a small one, deterministic from the config and the
     data, or a pretrained Qwen2.5-VL / Qwen2-VL from a local folder."""
     if cfg.model.backbone == "pretrained":
-        backbone, tokenizer, image_processor = load_pretrained(Path(cfg.model.pretrained_path), cfg.model.latent_slots)
+        # Straight into the training precision: a bf16 7B is 16.6 GB per rank, not 33 GB of fp32
+        # that DeepSpeed would cast afterwards (the same bf16 values either way).
+        backbone, tokenizer, image_processor = load_pretrained(
+            Path(cfg.model.pretrained_path),
+            cfg.model.latent_slots,
+            PRECISIONS[cfg.train.precision],
+            cfg.model.attn_implementation,
+        )
     else:
         corpus = [row["prompt"] + row["answer"] for row in rows]
         tokenizer = build_tokenizer(corpus, cfg.model.vocab_size, cfg.model.latent_slots)
         image_processor = build_image_processor(max(image.width for image in rows[0]["images"]))
-        backbone = build_small_qwen(cfg.model, tokenizer)
-    model = wrap_backbone(backbone, tokenizer, cfg.model, slot_kind)
+        backbone = build_small_qwen(cfg.model, tokenizer)  # initialised in fp32 whatever the precision
+    model = wrap_backbone(backbone, tokenizer, cfg.model, slot_kind, cfg.train.precision)
     if cfg.train.gradient_checkpointing:
-        backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        # Checkpointed layers drop the key/value cache, so the passes run over whole sequences.
-        model.reuse_prefix_cache = False
+        model.enable_gradient_checkpointing()
     if write:
         with atomic_dir(run_dir / "skeleton") as folder:
             save_processors(folder, tokenizer, image_processor)
@@ -114,7 +105,7 @@ def build(cfg: Section, rows: list[dict], run_dir: Path, slot_kind: str, write: 
 
 
 # Keys that change how training is run or watched, not what it computes: a checkpoint resumes across them.
-OPERATIONAL_KEYS = ("launcher", "threads", "monitor", "log_every", "checkpoint_every", "keep_checkpoints")
+OPERATIONAL_KEYS = ("launcher", "threads", "monitor", "log_every", "checkpoint_every", "keep_checkpoints", "workers")
 
 
 def fingerprint(cfg: Section, world: int, train_file: Path) -> dict:
@@ -186,6 +177,52 @@ def log_record(step: int, terms: dict, out: dict, lrs: list[float], tokens_per_s
     }
 
 
+def build_inputs(rows: stream.Rows) -> list[dict]:
+    """What `build` reads of the data, without decoding the split: every prompt and answer (the
+    tokenizer trains on them) and the first row's images (they size the image processor)."""
+    if not len(rows):
+        raise UserError(f"{rows.path}: no rows")
+    text = rows.text(["prompt", "answer"])
+    text[0]["images"] = rows[0]["images"]
+    return text
+
+
+def training_data(train, rows, tokenizer, image_processor, answer_format: str, run_dir: Path, rank: int):
+    """The examples (encoded when a batch needs them, within the token budget) and, for
+    train.group_by_length, every row's length."""
+    budget.set_caps(image_processor, train.min_pixels, train.max_pixels, "train")
+    if rank == 0 and (train.min_pixels or train.max_pixels):  # convert and evaluate read the capped one
+        image_processor.save_pretrained(run_dir / "skeleton")
+    if train.workers:  # the workers fork after the tokenizer trained: no threads of its own in them
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    dataset = stream.Encoded(rows, tokenizer, image_processor, answer_format, train.max_tokens, "train.max_tokens")
+    if not train.group_by_length:
+        return dataset, None
+    return dataset, stream.lengths(rows, tokenizer, image_processor, answer_format, train.max_tokens)
+
+
+def data_record(paddings: list[float], fitted: Counter, world: int, device) -> dict:
+    """The log window's padding fraction (mean over micro-batches and ranks) and how many examples
+    were resized or skipped to fit train.max_tokens (summed over ranks)."""
+    values = torch.tensor([sum(paddings), len(paddings), fitted["resized"], fitted["skipped"]], device=device)
+    if world > 1:
+        import deepspeed.comm as dist
+
+        dist.all_reduce(values)
+    total, batches, resized, skipped = values.tolist()
+    return {"padding": round(total / batches, 4), "resized": int(resized), "skipped": int(skipped)}
+
+
+def data_summary(records: list[dict], rows: int, train) -> dict:
+    """train_summary's `data`: the train rows, and every example resized or skipped (from the log)."""
+    resized, skipped = (sum(r.get(key, 0) for r in records) for key in ("resized", "skipped"))
+    if resized or skipped:
+        print(f"train: {resized} examples resized and {skipped} skipped to fit train.max_tokens ({train.max_tokens})")
+    paddings = [r["padding"] for r in records if "padding" in r]
+    padding = round(sum(paddings) / len(paddings), 4) if paddings else None
+    return {"rows": rows, "resized": resized, "skipped": skipped, "mean_padding": padding}
+
+
 def optimizer_groups(model, cfg) -> list[dict]:
     """Heads and injector at `latent_lr` (new, small modules), the backbone at `lr`."""
     latent = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("backbone.")]
@@ -225,13 +262,16 @@ def run(cfg: dict, data_dir: Path, run_dir: Path, threads: int | None = None) ->
     checkpoint_dir, log_path = run_dir / "checkpoints", run_dir / "train_log.jsonl"
 
     train_file = Path(data_dir) / "train.parquet"
-    rows = read_split(train_file, split="train")
+    rows = stream.Rows(train_file, split="train")  # read lazily, a row group at a time
     objective = build_objective(
         cfg.objective.name, cfg.objective.beta, cfg.objective.gamma, cfg.objective.kl_slot_reduction
     )
-    tokenizer, image_processor, model = build(cfg, rows, run_dir, objective.slot_kind, write=rank == 0)
-    examples = [encode(row, tokenizer, image_processor, cfg.model.answer_format) for row in rows]
-    optimizer = torch.optim.AdamW(optimizer_groups(model, train), weight_decay=train.weight_decay)
+    tokenizer, image_processor, model = build(cfg, build_inputs(rows), run_dir, objective.slot_kind, write=rank == 0)
+    dataset, lengths = training_data(train, rows, tokenizer, image_processor, cfg.model.answer_format, run_dir, rank)
+    # On a GPU, fused AdamW: one kernel over ZeRO's flat fp32 partition, where the default (foreach)
+    # allocates temporaries of the partition's size. The CPU keeps the default.
+    fused = True if device().type == "cuda" else None
+    optimizer = torch.optim.AdamW(optimizer_groups(model, train), weight_decay=train.weight_decay, fused=fused)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, train))
     engine, _, _, _ = deepspeed.initialize(
         model=model, optimizer=optimizer, lr_scheduler=scheduler, config=deepspeed_config(train, run_dir)
@@ -240,14 +280,22 @@ def run(cfg: dict, data_dir: Path, run_dir: Path, threads: int | None = None) ->
         claim_checkpoints(checkpoint_dir, fingerprint(cfg, world, train_file))
     deepspeed.comm.barrier()
     start = resume(engine, checkpoint_dir, log_path, rank)
+    indices = lambda step, micro: batch_indices(step, micro, train, len(rows), rank, world, lengths)  # noqa: E731
+    batches = stream.StepBatches(start, train.steps, train.grad_accum, indices)
+    data = iter(stream.loader(dataset, batches, stream.train_batch, train.workers))
 
     terms, tag, tick, tokens = {}, latest_tag(checkpoint_dir), time.perf_counter(), 0
+    paddings, fitted = [], Counter()  # of the log window
     progress = Progress("train", train.steps, "steps", start=start, enabled=rank == 0)
     with progress, open(log_path if rank == 0 else os.devnull, "a") as log:
         for step in range(start, train.steps):
             for micro in range(train.grad_accum):
                 torch.manual_seed(train.seed * 1_000_003 + (step * train.grad_accum + micro) * world + rank)  # Z noise
-                batch = collate([examples[i] for i in batch_indices(step, micro, train, len(examples), rank, world)])
+                batch, counts, error = next(data)
+                if error:
+                    raise UserError(error)
+                paddings.append(stream.padding(batch))
+                fitted += counts
                 out = engine(batch, latents=objective.latents)
                 terms = objective(out["ntp_loss"], out["prior"], out["posterior"], step)
                 if not all_finite(terms["loss"], world):
@@ -262,7 +310,8 @@ def run(cfg: dict, data_dir: Path, run_dir: Path, threads: int | None = None) ->
             if done % train.log_every == 0 or done == train.steps:
                 elapsed, tick = time.perf_counter() - tick, time.perf_counter()
                 record = log_record(done, mean_over_ranks(terms, world), out, scheduler.get_last_lr(), tokens / elapsed)
-                tokens = 0
+                record.update(data_record(paddings, fitted, world, terms["loss"].device))
+                tokens, paddings, fitted = 0, [], Counter()
                 log.write(json.dumps(record) + "\n")
                 log.flush()
                 if engine.monitor.enabled:
@@ -276,11 +325,13 @@ def run(cfg: dict, data_dir: Path, run_dir: Path, threads: int | None = None) ->
         "steps": train.steps,
         "tag": latest_tag(checkpoint_dir),
         "zero_stage": engine.zero_optimization_stage(),
+        "device": torch.device(engine.device).type,  # where DeepSpeed placed the model
         "objective": cfg.objective.name,
         "world_size": world,
     }
     if rank == 0:
         records = [json.loads(line) for line in log_path.read_text().splitlines()]
         summary["final"] = records[-1] if records else {}
+        summary["data"] = data_summary(records, len(rows), train)
         write_json(run_dir / "train_summary.json", summary)
     return summary

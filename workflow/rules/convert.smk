@@ -6,6 +6,8 @@ rule convert:
     params:
         config=stage_json("convert"),
         run_dir=lambda w, input: os.path.dirname(input[0]),
+    resources:
+        gpu=0,  # consolidates the ZeRO checkpoint on the CPU
     conda:
         "../../envs/amvl.yaml"
     log:

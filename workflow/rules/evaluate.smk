@@ -8,7 +8,9 @@ rule evaluate:
         config=lambda w: stage_json("evaluate", w.run),
         data=lambda w, input: os.path.dirname(input.split),
         out=lambda w, output: os.path.dirname(output[0]),
-    threads: lambda w: amvl_config.resolve_run(config, w.run)["train"]["threads"] or workflow.cores
+    threads: lambda w: amvl_config.resolve_run(config, w.run)["evaluate"]["threads"] or workflow.cores
+    resources:
+        gpu=lambda w: amvl_config.evaluate_gpus(config, w.run),  # one GPU, where it runs on one
     conda:
         "../../envs/amvl.yaml"
     log:

@@ -14,6 +14,9 @@ rule train:
         out=lambda w, output: os.path.dirname(output[0]),
     # train.threads > 0 caps a run's threads, so Snakemake can train several runs side by side
     threads: lambda w: amvl_config.resolve_run(config, w.run)["train"]["threads"] or workflow.cores
+    resources:
+        # the GPUs its launcher starts processes on: with --resources gpu=8, two 8-GPU trainings never overlap
+        gpu=lambda w: GPUS[w.run],
     conda:
         "../../envs/amvl.yaml"
     log:
