@@ -42,6 +42,7 @@ from gpu_throughput import (
     peak_tflops,
     qwen_config,
     sync,
+    timed,
     useful_flops,
     with_layers,
 )
@@ -103,19 +104,6 @@ def pipeline(root: Path, tiny_cfg: dict) -> dict:
         "diagnostics": "diagnostics" in metrics,
         "seconds": round(time.perf_counter() - start, 1),
     }
-
-
-def timed(function, device, steps: int, warmup: int) -> list[float]:
-    times = []
-    for step in range(warmup + steps):
-        if step == warmup and device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        sync(device)
-        start = time.perf_counter()
-        function()
-        sync(device)
-        times.append(time.perf_counter() - start)
-    return times[warmup:]
 
 
 def train_and_evaluate(shape, tokenizer, examples, eval_examples, device, args) -> dict:

@@ -167,21 +167,30 @@ def free(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
-def measure(model, objective, optimizer, batch, device, steps: int, warmup: int = 2) -> dict:
-    """Median seconds of a full step (forward, backward, AdamW) and the peak memory of the timed steps."""
+def timed(function, device, steps: int, warmup: int) -> list[float]:
+    """Seconds of each of `steps` calls after `warmup` untimed ones; peak memory counts from the first timed call."""
     times = []
     for step in range(warmup + steps):
         if step == warmup and device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         sync(device)
         start = time.perf_counter()
+        function()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return times[warmup:]
+
+
+def measure(model, objective, optimizer, batch, device, steps: int, warmup: int = 2) -> dict:
+    """Median seconds of a full step (forward, backward, AdamW) and the peak memory of the timed steps."""
+
+    def step():
         out = model(batch, latents=objective.latents)
         objective(out["ntp_loss"], out["prior"], out["posterior"], step=100)["loss"].backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        sync(device)
-        if step >= warmup:
-            times.append(time.perf_counter() - start)
+
+    times = timed(step, device, steps, warmup)
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
     return {"step_s": statistics.median(times), "peak_memory_gib": peak}
 

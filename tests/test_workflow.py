@@ -107,12 +107,17 @@ def test_editing_a_training_value_reruns_train_and_after_not_prepare(smoke_proje
     assert planned(smoke_project, *SMOKE, str(evaluation)) == {"evaluate": len(LOGGED_TERMS), "report": 1, "all": 1}
 
 
-def test_bad_config_stops_snakemake_with_one_line(smoke_project, tmp_path):
-    bad = tmp_path / "bad.yaml"
-    bad.write_text("train:\n  stepz: 3\n")
-    result = run_tool(["snakemake", "-n", *SMOKE, str(bad)], cwd=smoke_project, check=False)
+def plan_errors(project, tmp_path, override: str) -> list[str]:
+    """The error lines of `snakemake -n` on the smoke config with `override` (YAML) over it."""
+    extra = tmp_path / "override.yaml"
+    extra.write_text(override)
+    result = run_tool(["snakemake", "-n", *SMOKE, str(extra)], cwd=project, check=False)
     assert result.returncode != 0
-    errors = [line for line in (result.stdout + result.stderr).splitlines() if "error" in line.lower()]
+    return [line for line in (result.stdout + result.stderr).splitlines() if "error" in line.lower()]
+
+
+def test_bad_config_stops_snakemake_with_one_line(smoke_project, tmp_path):
+    errors = plan_errors(smoke_project, tmp_path, "train:\n  stepz: 3\n")
     allowed = ", ".join(sorted(load_schema()["properties"]["train"]["properties"]))
     assert errors == [f"config error: train.stepz: unknown key (allowed: {allowed})"]
 
@@ -143,11 +148,7 @@ def test_another_config_neither_overwrites_nor_replans_the_first(smoke_project, 
 
 
 def test_a_mistyped_input_path_stops_the_plan_with_one_line(smoke_project, tmp_path):
-    typo = tmp_path / "typo.yaml"
-    typo.write_text("data:\n  train_records: /nonexistent/train.jsonl\n")
-    result = run_tool(["snakemake", "-n", *SMOKE, str(typo)], cwd=smoke_project, check=False)
-    assert result.returncode != 0
-    errors = [line for line in (result.stdout + result.stderr).splitlines() if "error" in line.lower()]
+    errors = plan_errors(smoke_project, tmp_path, "data:\n  train_records: /nonexistent/train.jsonl\n")
     assert errors == ["config error: data.train_records: /nonexistent/train.jsonl does not exist"]
 
 
