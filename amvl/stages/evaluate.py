@@ -83,11 +83,11 @@ def questions(cfg, split: stream.Rows, rows: list[dict], tokenizer, image_proces
     return answered, skipped, stream.Examples(dataset, [r["row"] for r in answered], cfg.workers)
 
 
-def skipped_record(row: dict) -> dict:
-    """A question over evaluate.max_tokens: not answered, so scored wrong."""
+def record(row: dict, prediction: str, full: str, route: str) -> dict:
+    """One answered question; `row` is its place in the split file, to put records back in order."""
     return {
         **{k: row[k] for k in ("idx", "sub_task", "answer", "row")},
-        **{"full_prediction": "", "prediction": "(Z)", "route": "skipped", "options": len(row["choices"])},
+        **{"full_prediction": full, "prediction": prediction, "route": route, "options": len(row["choices"])},
     }
 
 
@@ -126,23 +126,12 @@ def run(cfg: dict, model_dir: Path, data_dir: Path, out_dir: Path, threads: int 
     tokenizer, image_processor = load_processors(model_dir)
     rows, skipped, examples = questions(cfg, split, rows, tokenizer, image_processor, model.cfg.answer_format)
 
-    records = [skipped_record(row) for row in skipped]
+    records = [record(row, "(Z)", "", "skipped") for row in skipped]  # over evaluate.max_tokens: scored wrong
     with Progress(f"evaluate ({cfg.mode})", len(examples), "questions") as progress:
         for start, chunk in zip(range(0, len(examples), cfg.batch_size), examples.chunks(cfg.batch_size)):
             chunk_rows = rows[start : start + cfg.batch_size]
-            for row, (prediction, full, route) in zip(chunk_rows, answer(model, tokenizer, chunk, chunk_rows, cfg)):
-                records.append(
-                    {
-                        "idx": row["idx"],
-                        "sub_task": row["sub_task"],
-                        "answer": row["answer"],
-                        "full_prediction": full,
-                        "prediction": prediction,
-                        "route": route,
-                        "options": len(row["choices"]),
-                        "row": row["row"],
-                    }
-                )
+            for row, answered in zip(chunk_rows, answer(model, tokenizer, chunk, chunk_rows, cfg)):
+                records.append(record(row, *answered))
             progress.update(len(records) - len(skipped))
     records = sorted(records, key=lambda r: r.pop("row"))  # file order, skipped questions in their place
 
