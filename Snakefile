@@ -26,7 +26,9 @@ try:
     # Validates against workflow/schemas/config.schema.yaml and fills its defaults.
     config = amvl_config.check_runs(amvl_config.validate(config))
     amvl_config.check_paths(config)  # a mistyped input path stops the plan, naming key and path
-    GPUS = {run: amvl_config.train_gpus(config, run) for run in config["runs"]}  # per training
+    # GPUs per training, and per evaluation where it runs on several (evaluate.launcher)
+    GPUS = {run: amvl_config.train_gpus(config, run) for run in config["runs"]}
+    EVAL_GPUS = {run: amvl_config.evaluate_gpus(config, run) for run in config["runs"]}
 except ConfigError as error:
     sys.exit(f"config error: {error}")
 
@@ -35,10 +37,18 @@ except ConfigError as error:
 DATA = f"data/{config['dataset']}"
 EXP = config["experiment"]
 RUNS = list(config["runs"])
+TRAINED = [run for run in RUNS if not amvl_config.zero_shot(config, run)]  # objective none: evaluated as it is
+BENCHMARKS = list(config["benchmarks"])
+
+
+wildcard_constraints:
+    run="[^/]+",
+    benchmark="[^/]+",
 
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/prepare.smk"
+include: "workflow/rules/benchmarks.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/convert.smk"
 include: "workflow/rules/evaluate.smk"
@@ -48,9 +58,9 @@ include: "workflow/rules/report.smk"
 onstart:
     # Snakemake counts GPUs only when told how many there are: without --resources gpu=N it would
     # start every GPU training at once, on the same GPUs. (A cluster executor places jobs itself.)
-    if workflow.local_exec and not workflow.touch and any(GPUS.values()):
+    if workflow.local_exec and not workflow.touch and any([*GPUS.values(), *EVAL_GPUS.values()]):
         if "gpu" not in workflow.resource_settings.resources:
-            sys.exit(f"config error: runs train on {max(GPUS.values())} GPUs each; "
+            sys.exit(f"config error: runs train or evaluate on up to {max([*GPUS.values(), *EVAL_GPUS.values()])} GPUs each; "
                      "say how many this machine has, e.g. snakemake --resources gpu=8 ...")
 
 

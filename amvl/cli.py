@@ -42,6 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("prepare", help="generate or import the benchmark into data/<dataset>/")
     add_config_args(p)
     p.add_argument("--out", type=Path, required=True, help="dataset folder to write, e.g. data/synthetic")
+    p.add_argument("--benchmark", help="instead: read this benchmark of config `benchmarks` (vstar, hrbench_4k, ...)")
+    p.add_argument("--root", type=Path, help="with --benchmark: the folder of its local copy")
 
     p = sub.add_parser("train", help="train one run with DeepSpeed (resumes from its last checkpoint)")
     add_config_args(p, with_run=True)
@@ -57,8 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="answer the val (or test) split with latents from the prior")
     add_config_args(p, with_run=True)
-    p.add_argument("--model", type=Path, required=True, help="model folder written by `amvl convert`")
+    p.add_argument(
+        "--model", type=Path, required=True,
+        help="model folder written by `amvl convert`, or a Hugging Face Qwen2.5-VL / Qwen2-VL folder (zero-shot)",
+    )  # fmt: skip
     p.add_argument("--data", type=Path, required=True, help="prepared dataset folder")
+    p.add_argument("--benchmark", help="the prepared folder is this benchmark of config `benchmarks` (vstar, ...)")
     p.add_argument("--out", type=Path, required=True, help="results folder, e.g. results/amvl")
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--limit", type=int, help="questions per subtask, for a quick look (overrides evaluate.limit)")
@@ -70,24 +76,41 @@ def build_parser() -> argparse.ArgumentParser:
         "path",
         type=Path,
         help="a BLINK root (one folder per subtask), a prepared data/<dataset>/, a BLINK-schema split file "
-        "(.parquet, .arrow) or a training-record file (.jsonl, .parquet)",
+        "(.parquet, .arrow), a training-record file (.jsonl, .parquet), or the local copy of a benchmark "
+        "(V* Bench, HR-Bench, VisualPuzzles)",
     )
+    inspect.add_argument(
+        "--show-prompt", type=int, nargs="?", const=2, default=0, metavar="N",
+        help="print the exact prompt of the first N questions (default 2) per subtask, as the model is given it",
+    )  # fmt: skip
+    inspect.add_argument(
+        "--model", type=Path,
+        help="with --show-prompt: the model folder whose chat template and image processor make the prompt "
+        "(default: the released Qwen2.5-VL's format and image sizes)",
+    )  # fmt: skip
+    inspect.add_argument("--instruction", default="", help="with --show-prompt: evaluate.instruction to append")
 
     p = sub.add_parser("restamp", help="after `dvc pull`: outputs' times back in pipeline order (nothing reruns)")
     p.add_argument("--root", type=Path, default=Path("."), help="project folder (default: the current one)")
 
     p = sub.add_parser("report", help="write reports/<experiment>/report.md and its figures")
     add_config_args(p)
-    p.add_argument("--metrics", type=Path, nargs="+", required=True, help="results/<experiment>/<run>/metrics.json files")
-    p.add_argument("--summaries", type=Path, nargs="+", required=True, help="runs/<experiment>/<run>/train_summary.json files")
+    p.add_argument("--metrics", type=Path, nargs="+", required=True, help="results/<experiment>/<run>/[<benchmark>/]metrics.json files")
+    p.add_argument(
+        "--summaries", type=Path, nargs="*", default=[],
+        help="runs/<experiment>/<run>/train_summary.json files (none for zero-shot runs)",
+    )  # fmt: skip
     p.add_argument("--out", type=Path, required=True, help="report folder")
     return parser
 
 
-def inspect_data(path: Path) -> int:
-    from amvl.data.inspect import format_summary, inspect
+def inspect_data(args) -> int:
+    from amvl.data.inspect import format_summary, inspect, show_prompts
 
-    summary, problems = inspect(path)
+    if args.show_prompt:
+        print(show_prompts(args.path, args.show_prompt, args.model, args.instruction))
+        return 0
+    summary, problems = inspect(args.path)
     print(format_summary(summary))
     for problem in problems:
         print(problem, file=sys.stderr)
@@ -96,11 +119,18 @@ def inspect_data(path: Path) -> int:
 
 def dispatch(args) -> int:
     if args.stage == "data":
-        return inspect_data(args.path)
+        return inspect_data(args)
     if args.stage == "restamp":
         from amvl.restamp import restamp
 
         print(f"restamped {restamp(args.root)} paths in pipeline order")
+        return 0
+    if args.stage == "prepare" and args.benchmark:
+        from amvl.stages import prepare
+
+        if not args.root:
+            raise UserError("prepare --benchmark: say where its local copy is with --root FOLDER")
+        prepare.benchmark(args.benchmark, args.root, args.out)
         return 0
     cfg = stage_config(args)
     if args.stage == "prepare":
@@ -120,9 +150,11 @@ def dispatch(args) -> int:
 
         if args.limit is not None:
             cfg["evaluate"]["limit"] = args.limit
-        metrics = evaluate.run(cfg, args.model, args.data, args.out, threads=args.threads)
-        if "macro_accuracy" in metrics:
-            print(f"macro accuracy {metrics['macro_accuracy']:.3f}  micro {metrics['micro_accuracy']:.3f}")
+        metrics = evaluate.run(cfg, args.model, args.data, args.out, threads=args.threads, benchmark=args.benchmark)
+        if metrics is None:
+            pass  # a rank other than 0: rank 0 writes and says
+        elif "score" in metrics:
+            print(f"{metrics['benchmark']} score ({metrics['score_kind']}) {metrics['score']:.3f}  micro {metrics['micro_accuracy']:.3f}")
         else:
             print(f"{metrics['questions']} answers in {args.out / 'submission.json'}")
     elif args.stage == "report":

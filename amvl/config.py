@@ -110,8 +110,25 @@ def check_runs(config: dict) -> dict:
     if not config["runs"]:
         raise ConfigError("runs: every run is null; keep at least one")
     for run in config["runs"]:
-        resolve_run(config, run)
+        resolved = resolve_run(config, run)
+        if resolved["objective"]["name"] == "none" and not resolved["model"]["pretrained_path"]:
+            raise ConfigError(
+                f"runs.{run}.objective.name: none evaluates model.pretrained_path as it is; "
+                "set model.backbone: pretrained and model.pretrained_path"
+            )
     return config
+
+
+def zero_shot(config: dict, run: str) -> bool:
+    """Whether `run` trains nothing and evaluates model.pretrained_path as it is."""
+    return resolve_run(config, run)["objective"]["name"] == "none"
+
+
+def model_folder(config: dict, run: str) -> str:
+    """The folder `run` is evaluated from: its converted model, or the pretrained one (zero-shot)."""
+    if zero_shot(config, run):
+        return resolve_run(config, run)["model"]["pretrained_path"]
+    return f"models/{config['experiment']}/{run}"
 
 
 def resolve_run(config: dict, run: str) -> dict:
@@ -132,9 +149,10 @@ def used_paths(config: dict) -> dict[str, str]:
         wanted.append(("data.blink_root", data["blink_root"]))
     # The base sections before the runs, so a value a run inherits is named by its own key.
     for prefix, resolved in [("", config), *((f"runs.{run}.", resolve_run(config, run)) for run in config["runs"])]:
-        if resolved["model"]["backbone"] == "pretrained":
+        if resolved["model"]["backbone"] == "pretrained" or resolved["objective"]["name"] == "none":
             wanted.append((f"{prefix}model.pretrained_path", resolved["model"]["pretrained_path"]))
         wanted.append((f"{prefix}train.deepspeed_config", resolved["train"]["deepspeed_config"]))
+    wanted += [(f"benchmarks.{name}", root) for name, root in config["benchmarks"].items()]
     for key, path in wanted:
         if path:
             named.setdefault(path, key)
@@ -202,11 +220,10 @@ def _option(words: list[str], names: tuple[str, ...]) -> str | None:
     return None
 
 
-def train_gpus(cfg: dict, run: str) -> int:
-    """GPUs one training of `run` takes on its node: the train rule's Snakemake resource `gpu`, so
-    `--resources gpu=N` never starts two trainings on the same GPUs. Every launcher process is
-    one GPU; no launcher is one plain process, counted as a CPU run (0)."""
-    launcher = resolve_run(cfg, run)["train"]["launcher"]
+def launcher_gpus(cfg: dict, run: str, stage: str) -> int:
+    """GPUs a launcher of `stage` (train or evaluate) starts for `run` on its node: every launcher
+    process is one GPU; no launcher is one plain process, counted as 0."""
+    launcher = resolve_run(cfg, run)[stage]["launcher"]
     if not launcher:
         return 0
     words, known = _launcher(launcher)
@@ -214,17 +231,24 @@ def train_gpus(cfg: dict, run: str) -> int:
     count = known["default"] if known and count is None else count
     if not (count or "").isdigit():
         raise ConfigError(
-            f"train.launcher: {launcher!r} (run {run}) does not say how many GPUs it takes per node; write "
-            "`torchrun --nproc_per_node N` or `deepspeed --num_gpus N`, so Snakemake can keep two trainings apart"
+            f"{stage}.launcher: {launcher!r} (run {run}) does not say how many GPUs it takes per node; write "
+            "`torchrun --nproc_per_node N` or `deepspeed --num_gpus N`, so Snakemake can keep two jobs apart"
         )
     return int(count)
 
 
+def train_gpus(cfg: dict, run: str) -> int:
+    """GPUs one training of `run` takes on its node: the train rule's Snakemake resource `gpu`, so
+    `--resources gpu=N` never starts two trainings on the same GPUs (0: a CPU run, or zero-shot)."""
+    return 0 if zero_shot(cfg, run) else launcher_gpus(cfg, run, "train")
+
+
 def evaluate_gpus(cfg: dict, run: str) -> int:
-    """GPUs an evaluation of `run` takes (the evaluate rule's resource `gpu`): one where it runs on
-    a GPU, which `evaluate.device: auto` does where the run trained on GPUs."""
+    """GPUs an evaluation of `run` takes (the evaluate rules' resource `gpu`): its launcher's
+    processes, else one where it runs on a GPU, which `evaluate.device: auto` does where the run
+    trained on GPUs (a zero-shot run: where its launcher or device says)."""
     device = resolve_run(cfg, run)["evaluate"]["device"]
-    return int(device == "cuda" or (device == "auto" and train_gpus(cfg, run) > 0))
+    return launcher_gpus(cfg, run, "evaluate") or int(device == "cuda" or (device == "auto" and train_gpus(cfg, run) > 0))
 
 
 def rendezvous_port(cfg: dict, run: str) -> int:
@@ -234,14 +258,15 @@ def rendezvous_port(cfg: dict, run: str) -> int:
     return 20000 + int(digest, 16) % 10000
 
 
-def train_command(cfg: dict, run: str) -> str:
-    """How the train rule starts `amvl`: directly, or through the run's multi-process launcher
-    (`deepspeed ...`, `torchrun ...`), which then starts `python -m amvl` once per process, on
-    the run's own rendezvous port unless the launcher names one."""
-    launcher = resolve_run(cfg, run)["train"]["launcher"]
+def launch_command(cfg: dict, run: str, stage: str = "train", benchmark: str = "") -> str:
+    """How the train or evaluate rules start `amvl`: directly, or through the run's multi-process
+    launcher (`deepspeed ...`, `torchrun ...`), which then starts `python -m amvl` once per
+    process, on the job's own rendezvous port unless the launcher names one."""
+    launcher = resolve_run(cfg, run)[stage]["launcher"]
     if not launcher:
         return "amvl"
     words, known = _launcher(launcher)
     if known and _option(words, known["own_port"]) is None:
-        launcher += f" {known['port']} {rendezvous_port(cfg, run)}"
+        job = run if stage == "train" else f"{run}/{stage}/{benchmark}"  # the training's port as it always was
+        launcher += f" {known['port']} {rendezvous_port(cfg, job)}"
     return f"{launcher} --module amvl"

@@ -65,3 +65,21 @@ def prepared_data(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("data") / "synthetic"
     prepare.run(validate({"data": {"train_size": 6, "val_size": 4}}), out)
     return out
+
+
+@pytest.fixture(scope="session")
+def released_model(prepared_data, tmp_path_factory) -> Path:
+    """A tiny Qwen2.5-VL saved as a released checkpoint is: save_pretrained, a tokenizer with a
+    chat template of its own (its system turn says "You answer BLINK questions.") and no slot
+    tokens, and a preprocessor config."""
+    from amvl.data.blink import read_split
+    from amvl.model.backbone import QWEN_CHAT_TEMPLATE, build_image_processor, build_small_qwen, build_tokenizer
+
+    folder = tmp_path_factory.mktemp("Qwen2.5-VL-tiny")
+    rows = read_split(prepared_data / "train.parquet")
+    tokenizer = build_tokenizer([r["prompt"] + r["answer"] for r in rows], 320, k=0)
+    tokenizer.chat_template = QWEN_CHAT_TEMPLATE.replace("You are a helpful assistant.", "You answer BLINK questions.")
+    build_small_qwen(Section(validate({})).model, tokenizer).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    build_image_processor(84).save_pretrained(folder)
+    return folder

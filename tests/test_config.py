@@ -84,9 +84,10 @@ def test_the_paper_config_holds_none_of_the_toy_values():
     resolved = leaves(paper)
     kept = {key for key, value in toy.items() if not key.startswith("runs.") and resolved.get(key) == value}
     assert kept == set(SAME_AS_THE_TOY_FOR_A_REASON), kept ^ set(SAME_AS_THE_TOY_FOR_A_REASON)
-    assert list(paper["runs"]) == ["amvl", "ntp"]  # the toy's elbo, fwd and rev are not inherited
+    assert list(paper["runs"]) == ["base", "amvl", "ntp"]  # the base model zero-shot; the toy's elbo, fwd and rev are not inherited
     assert not paper["evaluate"]["diagnostics"] or 0 < paper["evaluate"]["diagnostics_limit"] <= 50
-    assert config.train_gpus(paper, "amvl") == 8 and config.evaluate_gpus(paper, "amvl") == 1
+    assert config.train_gpus(paper, "amvl") == 8 and config.evaluate_gpus(paper, "amvl") == 8
+    assert config.train_gpus(paper, "base") == 0 and config.evaluate_gpus(paper, "base") == 8
 
 
 def test_a_missing_input_path_is_named_with_its_key(tmp_path):
@@ -186,7 +187,7 @@ def test_the_launcher_gives_the_gpus_and_a_port_of_its_own(launcher, gpus, comma
     port = config.rendezvous_port(cfg, "a")
     assert config.train_gpus(cfg, "a") == gpus
     assert config.evaluate_gpus(cfg, "a") == min(gpus, 1)
-    assert config.train_command(cfg, "a") == command.format(port=port)
+    assert config.launch_command(cfg, "a") == command.format(port=port)
 
 
 def test_runs_and_experiments_get_distinct_fixed_ports():

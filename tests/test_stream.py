@@ -135,7 +135,7 @@ def test_an_example_that_cannot_fit_is_skipped_and_the_next_row_stands_in(built,
     path = tmp_path / "train.parquet"
     write_rows(({**r, "image_1": png_image(r["image_1"])} for r in generated), path)
     rows = stream.Rows(path, split="train")
-    limit = 100
+    limit = tokens(encode(rows[1], tokenizer, image_processor, FORMAT)) + 10  # the next row fits
     assert budget.fit(rows[0], tokenizer, image_processor, FORMAT, limit) == (None, "skipped")
     dataset = stream.Encoded(rows, tokenizer, image_processor, FORMAT, limit, "train.max_tokens")
     example, status, error = dataset[0]
@@ -178,8 +178,8 @@ def test_budgets_in_training_and_evaluation(prepared_data, tmp_path, tiny_cfg):
     """Capped pixels go with the model into evaluation; resized and skipped examples are counted
     in the log, the summary and metrics.json; padding is logged; a DataLoader worker encodes."""
     cfg = json.loads(json.dumps(tiny_cfg))
-    # 150 tokens: Visual_Similarity's text alone is over (skipped), Jigsaw's images are resized
-    cfg["train"].update(max_pixels=56 * 56, max_tokens=150, workers=1, batch_size=4, steps=6)
+    # 180 tokens: Visual_Similarity's text alone is over (skipped), Jigsaw's images are resized
+    cfg["train"].update(max_pixels=56 * 56, max_tokens=180, workers=1, batch_size=4, steps=6)
     run_dir = tmp_path / "run"
     summary = train.run(cfg, prepared_data, run_dir)
     records = [json.loads(line) for line in (run_dir / "train_log.jsonl").read_text().splitlines()]
@@ -190,7 +190,7 @@ def test_budgets_in_training_and_evaluation(prepared_data, tmp_path, tiny_cfg):
     assert saved["size"]["longest_edge"] == 56 * 56
 
     convert.run({}, run_dir, tmp_path / "model")
-    cfg["evaluate"].update(max_tokens=150, diagnostics=False)
+    cfg["evaluate"].update(max_tokens=180, diagnostics=False)
     metrics = evaluate.run(cfg, tmp_path / "model", prepared_data, tmp_path / "results")
     assert metrics["skipped"] == 4 and metrics["questions"] == 24 and metrics["per_task"]["Visual_Similarity"] == 0
     skipped = json.loads((tmp_path / "results" / "Visual_Similarity.json").read_text())["val"]

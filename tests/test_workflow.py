@@ -222,12 +222,14 @@ def test_sigkilled_training_resumes_where_it_stopped(tmp_path):
 
 def paper_setting(tmp_path) -> list[str]:
     """config/real_scale.yaml with its input paths on empty folders (planning checks that they exist)."""
-    for folder in ("Monet-SFT-125K", "BLINK", "Qwen2.5-VL-7B-Instruct"):
+    for folder in ("Monet-SFT-125K", "BLINK", "Qwen2.5-VL-7B-Instruct", "vstar", "HR-Bench", "VisualPuzzles"):
         (tmp_path / folder).mkdir()
     local = tmp_path / "local.yaml"
     local.write_text(
         f"data:\n  train_records: {tmp_path / 'Monet-SFT-125K'}\n  blink_root: {tmp_path / 'BLINK'}\n"
         f"model:\n  pretrained_path: {tmp_path / 'Qwen2.5-VL-7B-Instruct'}\n"
+        f"benchmarks:\n  vstar: {tmp_path / 'vstar'}\n  hrbench_4k: {tmp_path / 'HR-Bench'}\n"
+        f"  hrbench_8k: {tmp_path / 'HR-Bench'}\n  visualpuzzles: {tmp_path / 'VisualPuzzles'}\n"
     )
     return ["--configfile", "config/real_scale.yaml", str(local)]
 
@@ -248,20 +250,27 @@ def test_slurm_profile_gives_each_training_a_gpu_node_of_its_own(tmp_path):
         resources = re.search(r"resources: (.*)", job)[1].split(", ")
         assert {"slurm_partition=gpu", "gpu=8", "nodes=1", "slurm_extra=--exclusive", "runtime=2880"} <= set(resources)
         assert re.search(r"Shell command: torchrun --nproc_per_node 8 --master-port \d+ --module amvl train", job)
-    assert all("gpu=1" in job for job in jobs(out, "evaluate"))
+    evaluations = jobs(out, "evaluate") + jobs(out, "evaluate_benchmark")
+    assert len(evaluations) == 3 * 5  # the base model (zero-shot), amvl and ntp; on BLINK and four benchmarks
+    for job in evaluations:
+        assert {"gpu=8", "nodes=1"} <= set(re.search(r"resources: (.*)", job)[1].split(", "))
+        assert re.search(r"torchrun --nproc_per_node 8 --master-port \d+ --module amvl evaluate", job)
+    assert len(jobs(out, "prepare_benchmark")) == 4
 
 
 def test_the_paper_config_plans_one_training_at_a_time_on_an_8_gpu_node(tmp_path):
-    """`snakemake --resources gpu=8` on the node: each training asks for all 8 GPUs (so two never
-    run together) and rendezvouses on its own port; each evaluation asks for one."""
+    """`snakemake --resources gpu=8` on the node: each training and each evaluation asks for all 8
+    GPUs (so two never run together) and rendezvouses on its own port; the base model trains not."""
     project = copy_project(tmp_path)
     out = run_tool(["snakemake", "-n", "-p", "--cores", "all", "--resources", "gpu=8", *paper_setting(tmp_path)],
                    cwd=project).stdout  # fmt: skip
     trainings = jobs(out, "train")
     assert len(trainings) == 2 and all(re.search(r"resources: .*\bgpu=8\b", job) for job in trainings)
-    ports = {re.search(r"--master-port (\d+)", job)[1] for job in trainings}
-    assert len(ports) == 2
-    assert all(re.search(r"resources: .*\bgpu=1\b", job) for job in jobs(out, "evaluate"))
+    evaluations = jobs(out, "evaluate") + jobs(out, "evaluate_benchmark")
+    assert all(re.search(r"resources: .*\bgpu=8\b", job) for job in evaluations)
+    ports = {re.search(r"--master-port (\d+)", job)[1] for job in trainings + evaluations}
+    assert len(ports) == 2 + 3 * 5
+    assert "models/real_scale/base" not in out and "runs/real_scale/base" not in out
 
 
 def test_local_gpu_trainings_never_overlap(tmp_path):

@@ -52,7 +52,7 @@ def text_tokens(row: dict, tokenizer, answer_format: str) -> int:
     tokens, so the text between them tokenizes the same with or without image pads."""
     no_pads = torch.zeros((len(row["images"]), 3), dtype=torch.long)
     answer_ids, choice_ids, _ = targets(row, tokenizer, answer_format)
-    return len(tokenizer(prompt_text(row["prompt"], no_pads)).input_ids) + max(map(len, [answer_ids, *choice_ids]))
+    return len(tokenizer(prompt_text(tokenizer, row["prompt"], no_pads)).input_ids) + max(map(len, [answer_ids, *choice_ids]))
 
 
 def fits(row: dict, tokenizer, image_processor, answer_format: str, max_tokens: int) -> bool:

@@ -1,8 +1,8 @@
 """Turn benchmark rows into token ids and pixels, and examples into batches.
 
-The prompt follows Qwen2.5-VL's chat format: each image is `<|vision_start|>`, one
-`<|image_pad|>` per merged patch, `<|vision_end|>`, in the order image_1..image_4, then the row's
-prompt. The target is the answer letter as BLINK writes it, "(A)", optionally followed by the
+The prompt is the tokenizer's own chat template (Qwen's format where it has none) applied to one
+user turn: the row's images in the order image_1..image_4, then the row's prompt. Each `<|image_pad|>` the template writes becomes one per merged patch of
+its image, as Qwen's processor does. The target is the answer letter as BLINK writes it, "(A)", optionally followed by the
 option's text (`model.answer_format`), then `<|im_end|>`.
 """
 
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from amvl.data.blink import LETTERS, letter
-from amvl.model.backbone import IM_END, IM_START, IMAGE_PAD, MERGE, VISION_END, VISION_START
+from amvl.model.backbone import IM_END, IMAGE_PAD, MERGE, QWEN_CHAT_TEMPLATE
 
 
 @dataclass
@@ -30,9 +30,25 @@ class Example:
     image_grid_thw: torch.Tensor  # (images, 3)
 
 
-def prompt_text(prompt: str, grids: torch.Tensor) -> str:
-    images = "".join(f"{VISION_START}{IMAGE_PAD * int(g.prod() // MERGE**2)}{VISION_END}" for g in grids)
-    return f"{IM_START}user\n{images}{prompt}{IM_END}\n{IM_START}assistant\n"
+def chat_prompt(tokenizer, prompt: str, images: int) -> str:
+    """The model's chat template over one user turn of `images` images then `prompt`, with one
+    `<|image_pad|>` per image, and the assistant turn opened."""
+    content = [{"type": "image"}] * images + [{"type": "text", "text": prompt}]
+    return tokenizer.apply_chat_template(
+        [{"role": "user", "content": content}],
+        chat_template=tokenizer.chat_template or QWEN_CHAT_TEMPLATE,
+        add_generation_prompt=True,
+        tokenize=False,
+    )
+
+
+def prompt_text(tokenizer, prompt: str, grids: torch.Tensor) -> str:
+    """`chat_prompt` with each image's `<|image_pad|>` repeated once per merged patch of it."""
+    pieces = chat_prompt(tokenizer, prompt, len(grids)).split(IMAGE_PAD)
+    if len(pieces) != len(grids) + 1:
+        raise ValueError(f"the chat template wrote {len(pieces) - 1} {IMAGE_PAD} for {len(grids)} images")
+    pads = [IMAGE_PAD * int(g.prod() // MERGE**2) for g in grids]
+    return "".join(piece + pad for piece, pad in zip(pieces, pads + [""]))
 
 
 ANSWER_FORMATS = ("letter", "letter_and_option")
@@ -64,7 +80,7 @@ def encode(row: dict, tokenizer, image_processor, answer_format: str = "letter",
     return Example(
         idx=row["idx"],
         sub_task=row["sub_task"],
-        prompt_ids=tokenizer(prompt_text(row["prompt"], grids)).input_ids,
+        prompt_ids=tokenizer(prompt_text(tokenizer, row["prompt"], grids)).input_ids,
         answer_ids=answer_ids,
         choice_ids=choice_ids,
         answer_index=answer_index,

@@ -1,8 +1,12 @@
 """`amvl data inspect PATH`: counts per split and subtask, and every problem, one line each.
 
 PATH is a BLINK root (see amvl/data/blink_local.py), a prepared dataset folder (data/<dataset>/
-with train/val parquet files), or one file: a BLINK-schema split (.parquet, .arrow) or a
-training-record file (.jsonl, .parquet; see amvl/data/records.py).
+with train/val parquet files), one file: a BLINK-schema split (.parquet, .arrow) or a
+training-record file (.jsonl, .parquet; see amvl/data/records.py), or the local copy of a
+benchmark of amvl/data/benchmarks.py (V* Bench, HR-Bench, VisualPuzzles), recognised by its layout.
+
+`--show-prompt N` prints instead the exact prompt of the first N questions of each subtask: the
+chat template and image token counts of `--model` (default: the released Qwen2.5-VL's).
 """
 
 from __future__ import annotations
@@ -13,8 +17,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from amvl.data import records
-from amvl.data.blink import IMAGE_COLUMNS, checked_rows, decode_row
+from amvl.data import benchmarks, records
+from amvl.data.blink import IMAGE_COLUMNS, as_decoded, checked_rows, decode_row
 from amvl.data.blink_local import HOW_TO_GET, SPLITS, SUBTASKS, split_files, subtask_dirs
 from amvl.errors import UserError
 
@@ -118,10 +122,16 @@ def inspect(path: Path) -> tuple[dict, list[str]]:
         raise UserError(f"{path}: not found; {TAKES}")
     if path.is_file() and path.suffix not in (".parquet", ".arrow", ".jsonl", ".json"):
         raise UserError(f"{path}: a {path.suffix or 'suffix-less'} file; {TAKES}")
-    if path.is_file() and holds_records(path):
+    if path.is_file() and holds_records(path) and not benchmarks.detect(path):
         return inspect_records(path)
     summary: dict = {}
     problems: list[str] = []
+    name = benchmarks.detect(path)
+    if name:  # a benchmark's local copy: its one split, as prepare reads it
+        for row, row_problems in benchmarks.checked_rows(name, path):
+            problems += row_problems
+            count(summary, name, row)
+        return summary, problems
     for split, paths in split_files_in(path).items():
         seen: dict[str, Path] = {}
         for file in paths:
@@ -149,3 +159,51 @@ def format_summary(summary: dict) -> str:
             )
         lines.append(f"{split:<6} {'total':<26} {sum(s['questions'] for s in tasks.values()):>9}")
     return "\n".join(lines)
+
+
+def questions(path: Path, per_subtask: int):
+    """The first `per_subtask` questions of each subtask of every split at `path`, images decoded."""
+    path, taken = Path(path), Counter()
+    name = benchmarks.detect(path) if path.exists() else None
+    if name:
+        checked = ((row, *decode_row(row, f"{path}: row idx={row['idx']}")) for row, _ in benchmarks.checked_rows(name, path))
+        sources = {name: [checked]}
+    else:
+        sources = {split: [checked_rows(file, split) for file in files] for split, files in split_files_in(path).items()}
+    for split, readers in sources.items():
+        for reader in readers:
+            for row, images, problems in reader:
+                if taken[split, row["sub_task"]] < per_subtask:
+                    taken[split, row["sub_task"]] += 1
+                    yield split, as_decoded(row, images, problems)
+
+
+def released_processors():
+    """A tokenizer carrying Qwen's chat template, and Qwen2.5-VL-7B-Instruct's image sizes (its
+    preprocessor_config.json): what the released model's prompt is made of, without its files."""
+    from amvl.model.backbone import MERGE, PATCH, build_tokenizer
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    image_processor = Qwen2VLImageProcessorPil(
+        patch_size=PATCH, merge_size=MERGE, temporal_patch_size=2, min_pixels=3136, max_pixels=12845056
+    )
+    return build_tokenizer(["Select from the following choices."], 300, 0), image_processor
+
+
+def show_prompts(path: Path, per_subtask: int, model: Path | None = None, instruction: str = "") -> str:
+    """The exact prompt text of the first questions per subtask, each run of image pads shortened
+    to `<|image_pad|>×N` (N: the image's visual tokens)."""
+    import re
+
+    from amvl.data.collate import prompt_text
+    from amvl.model.backbone import IMAGE_PAD, load_processors
+
+    tokenizer, image_processor = load_processors(model) if model else released_processors()
+    source = f"{model}'s chat template" if model else "the released Qwen2.5-VL-7B-Instruct's format"
+    out = [f"prompts as the model is given them ({source}); the answer follows the last line"]
+    for split, row in questions(path, per_subtask):
+        grids = image_processor(images=row["images"], return_tensors="pt")["image_grid_thw"]
+        text = prompt_text(tokenizer, row["prompt"] + instruction, grids)
+        text = re.sub(f"(?:{re.escape(IMAGE_PAD)})+", lambda m: f"{IMAGE_PAD}×{len(m[0]) // len(IMAGE_PAD)}", text)
+        out += [f"----- {split} {row['sub_task']} idx={row['idx']} (answer {row['answer']})", text]
+    return "\n".join(out)

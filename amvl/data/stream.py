@@ -68,10 +68,12 @@ def grouped_window(seed: int, window: int, size: int, n: int, lengths: np.ndarra
 
 class Rows:
     """Random access to the rows of a BLINK-schema parquet file, images decoded (one row of
-    `read_split`). It holds the row group it read last: each DataLoader worker its own."""
+    `read_split`). It holds the row group it read last: each DataLoader worker its own.
+    `instruction` is appended to every prompt (evaluate.instruction), so everything that encodes
+    or counts a row's tokens sees the prompt the model is given."""
 
-    def __init__(self, path: Path, split: str = "val"):
-        self.path, self.split = Path(path), split
+    def __init__(self, path: Path, split: str = "val", instruction: str = ""):
+        self.path, self.split, self.instruction = Path(path), split, instruction
         try:
             file = pq.ParquetFile(self.path)
         except (OSError, pa.ArrowInvalid) as e:
@@ -92,7 +94,8 @@ class Rows:
         if group != self.group:
             self.file = self.file or pq.ParquetFile(self.path)
             self.group, self.rows = group, self.file.read_row_group(group).to_pylist()
-        return self.rows[i - self.starts[group]]
+        row = self.rows[i - self.starts[group]]
+        return {**row, "prompt": row["prompt"] + self.instruction} if self.instruction else row
 
     def where(self, row: dict) -> str:
         return f"{self.path}: row idx={row['idx']}"

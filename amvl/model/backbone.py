@@ -25,6 +25,26 @@ VISION_START, VISION_END, IMAGE_PAD, VIDEO_PAD = "<|vision_start|>", "<|vision_e
 QWEN_SPECIALS = [PAD, IM_START, IM_END, VISION_START, VISION_END, IMAGE_PAD, VIDEO_PAD]
 
 
+# Qwen2-VL / Qwen2.5-VL's chat format, for tokenizers that carry no template of their own (the
+# embedded default's, and old model folders): a system turn unless the messages start with one,
+# each image as <|vision_start|><|image_pad|><|vision_end|> where the message places it, and the
+# assistant turn opened for the answer. Released Qwen folders carry their own, which is used instead.
+DEFAULT_SYSTEM = "You are a helpful assistant."
+QWEN_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\n" + DEFAULT_SYSTEM + "<|im_end|>\n{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}<|im_end|>\n"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
 def slot_tokens(k: int) -> tuple[list[str], list[str]]:
     """Placeholder tokens of the k prior slots (P) and the k posterior slots (Q)."""
     return [f"<|prior_slot_{i}|>" for i in range(k)], [f"<|posterior_slot_{i}|>" for i in range(k)]
@@ -44,8 +64,11 @@ def build_tokenizer(corpus: list[str], vocab_size: int, k: int) -> PreTrainedTok
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    bpe.train_from_iterator(corpus, trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token=IM_END, pad_token=PAD)
+    # Every prompt starts with the chat template's system turn: its words get merges too.
+    bpe.train_from_iterator((DEFAULT_SYSTEM + text for text in corpus), trainer)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token=IM_END, pad_token=PAD)
+    tokenizer.chat_template = QWEN_CHAT_TEMPLATE  # saved with it: prompts go through the template
+    return tokenizer
 
 
 def build_image_processor(image_size: int) -> Qwen2VLImageProcessorPil:
@@ -178,7 +201,13 @@ def save_processors(folder: Path, tokenizer, image_processor) -> None:
 
 
 def load_processors(folder: Path):
-    """Tokenizer and image processor saved by `save_processors` (or a real Qwen2.5-VL folder)."""
+    """Tokenizer and image processor saved by `save_processors` (or a real Qwen2.5-VL folder).
+    A folder whose chat template sits with the processor (chat_template.json) lends it to the tokenizer."""
+    import json
+
     tokenizer = AutoTokenizer.from_pretrained(folder)
+    processor_template = Path(folder) / "chat_template.json"
+    if not tokenizer.chat_template and processor_template.exists():
+        tokenizer.chat_template = json.loads(processor_template.read_text())["chat_template"]
     image_processor = Qwen2VLImageProcessorPil.from_pretrained(folder)
     return tokenizer, image_processor

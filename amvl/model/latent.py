@@ -384,16 +384,25 @@ class LatentReasoner(nn.Module):
         scores[owner, [j for options in choice_ids for j in range(len(options))]] = row_scores
         return scores
 
+    def end_ids(self) -> list[int]:
+        """Every token that ends an answer: <|im_end|> and the generation config's end tokens
+        (the released Qwen2.5-VL's: <|im_end|> and <|endoftext|>)."""
+        ends = self.backbone.generation_config.eos_token_id
+        ends = [] if ends is None else [ends] if isinstance(ends, int) else list(ends)
+        return sorted({self.cfg.eos_id, *ends} - {None})
+
     @torch.no_grad()
     def generate(self, batch: dict, max_new_tokens: int = 16, tau: float = 0.0, z=None) -> list[list[int]]:
-        """Greedy answers after thinking with Z from the prior (or `z`); each stops at eos (not returned)."""
+        """Greedy answers after thinking with Z from the prior (or `z`); each stops at an end token
+        (not returned) or after `max_new_tokens`; the batch stops when every answer has."""
         thought = self.think(batch, tau, z)
         logits = self.backbone.lm_head(thought.last_hidden)
         answers = [[] for _ in batch["prompt_ids"]]
         running = torch.ones(len(answers), dtype=torch.bool, device=logits.device)
+        ends = torch.tensor(self.end_ids(), device=logits.device)
         for _ in range(max_new_tokens):
             token = logits.argmax(-1)
-            running &= token != self.cfg.eos_id
+            running &= ~torch.isin(token, ends)
             if not running.any():
                 break
             for i in running.nonzero()[:, 0].tolist():
@@ -417,9 +426,14 @@ class LatentReasoner(nn.Module):
         """A model folder written by `amvl convert`, on `device`, in `dtype` (default: the
         precision it was trained in), with the attention implementation it was trained with."""
         folder = Path(folder)
+        if not (folder / LATENT_CONFIG).exists() and (folder / "config.json").exists():
+            return cls.load_plain(folder, device, dtype)
         for name in ("config.json", LATENT_CONFIG, LATENT_WEIGHTS):
             if not (folder / name).exists():
-                raise UserError(f"{folder}: missing {name}; is this a model folder written by `amvl convert`?")
+                raise UserError(
+                    f"{folder}: missing {name}; give a model folder written by `amvl convert`, "
+                    "or a Hugging Face Qwen2.5-VL / Qwen2-VL folder"
+                )
         cfg = LatentConfig(**json.loads((folder / LATENT_CONFIG).read_text()))
         dtype = dtype or PRECISIONS[cfg.precision]
         backbone = AutoModelForImageTextToText.from_pretrained(
@@ -431,6 +445,30 @@ class LatentReasoner(nn.Module):
         if missing or unexpected:
             raise UserError(f"{folder / LATENT_WEIGHTS}: missing {missing}, unexpected {unexpected}")
         return model.to(device)
+
+    @classmethod
+    def load_plain(cls, folder: Path, device="cpu", dtype: torch.dtype | None = None) -> "LatentReasoner":
+        """A Hugging Face Qwen2.5-VL / Qwen2-VL folder as released (a base model evaluated zero-shot,
+        or anyone's fine-tune): no slots, answers as BLINK writes them, in the folder's own dtype."""
+        from amvl.model.backbone import PRETRAINED_TYPES, load_processors
+
+        config = json.loads((Path(folder) / "config.json").read_text())
+        if config.get("model_type") not in PRETRAINED_TYPES or not any(Path(folder).glob("*.safetensors")):
+            raise UserError(
+                f"{folder}: neither a model folder written by `amvl convert` nor a Hugging Face "
+                f"{' / '.join(PRETRAINED_TYPES)} folder (config.json and *.safetensors)"
+            )
+        stored = config.get("torch_dtype") or config.get("dtype") or config.get("text_config", {}).get("dtype")
+        precision = "bf16" if stored == "bfloat16" else "fp32"
+        backbone = AutoModelForImageTextToText.from_pretrained(folder, dtype=dtype or PRECISIONS[precision])
+        tokenizer = load_processors(folder)[0]
+        cfg = LatentConfig(
+            k=0, d=1, prior_slot_ids=[], posterior_slot_ids=[], pad_id=tokenizer.pad_token_id,
+            prior_logvar_bounds=(-8.0, 8.0), posterior_logvar_bounds=(-8.0, 8.0),
+            embed_norm=1.0, freeze_vision=True, slot_kind="none",
+            eos_id=tokenizer.convert_tokens_to_ids(IM_END), answer_format="letter", precision=precision,
+        )  # fmt: skip
+        return cls(backbone, cfg).to(device)
 
 
 def wrap_backbone(backbone, tokenizer, model_cfg, slot_kind: str = "latent", precision: str = "fp32") -> LatentReasoner:

@@ -1,28 +1,36 @@
 """evaluate: answer a split with latents from the prior only, as BLINK's official protocol does.
 
-Each question is prompted with its row's prompt and images in order (the disclaimer, where the
-official evaluation adds one, was put in at prepare). `evaluate.mode`:
-- `generate`: greedy answer after thinking with Z from the prior at temperature tau, parsed
-  by `extract_choice` in the official order (with an offline fallback for the GPT matcher);
+Each question is prompted through the model's chat template with its row's images in order, then
+its prompt (the disclaimer, where the official evaluation adds one, was put in at prepare) and
+evaluate.instruction. `evaluate.mode`:
+- `generate`: greedy answer after thinking with Z from the prior at temperature tau, up to an end
+  token or max_new_tokens, parsed by `extract_choice` (the official order, then offline rules in
+  place of the official GPT matcher);
 - `likelihood`: the option whose answer ("(A)", or "(A) <option>") has the highest log-likelihood.
 
-results/<experiment>/<run>/
+The model is a folder written by `amvl convert`, or a Hugging Face Qwen2.5-VL / Qwen2-VL folder
+evaluated as it is (zero-shot). Under a launcher (evaluate.launcher) the batches are dealt out
+over the processes and rank 0 writes what one process would.
+
+results/<experiment>/<run>/[<benchmark>/]
   <Subtask>.json    {"<split>": [{"idx", "answer", "full_prediction", "prediction"}]}, the official layout
   submission.json   test split only: {idx: "(X)"} over every subtask, for the BLINK leaderboard
-  metrics.json      macro (the official score) and micro accuracy, per subtask, chance, fallback
-                    rate, and the leakage diagnostics (val split); written last
+  metrics.json      macro (BLINK's official score) and micro accuracy, per subtask, chance, fallback
+                    rate; a benchmark's headline `score`; the leakage diagnostics (the dataset's
+                    val split); written last
 """
 
 from __future__ import annotations
 
 import math
+import os
 from collections import defaultdict
 from pathlib import Path
 
 import torch
 
 from amvl.config import Section
-from amvl.data import budget, stream
+from amvl.data import benchmarks, budget, stream
 from amvl.data.blink import letter
 from amvl.data.collate import collate
 from amvl.distributed import PRECISIONS, device
@@ -31,7 +39,7 @@ from amvl.evaluation.extract import extract_choice_route
 from amvl.evaluation.metrics import accuracy_table
 from amvl.io import write_json
 from amvl.model.backbone import load_processors
-from amvl.model.latent import LatentReasoner
+from amvl.model.latent import LATENT_CONFIG, LatentReasoner
 from amvl.progress import Progress
 
 
@@ -114,25 +122,54 @@ def answer(model, tokenizer, chunk, rows, cfg) -> list[tuple[str, str, str]]:
     return out
 
 
-def run(cfg: dict, model_dir: Path, data_dir: Path, out_dir: Path, threads: int | None = None) -> dict:
+def rank_and_world() -> tuple[int, int]:
+    """This process's place among the evaluation processes a launcher (evaluate.launcher) started;
+    (0, 1) without one. Their group is set up here: gloo on the CPU, NCCL between GPUs."""
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    if world > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return int(os.environ.get("RANK", 0)), world
+
+
+def my_batches(rows: list[dict], batch_size: int, rank: int, world: int) -> list[dict]:
+    """The rows of every `world`-th batch from batch `rank` on: the batches one process would make,
+    dealt out whole, so each question is answered in the same batch (hence the same bits) either way."""
+    batches = [rows[start : start + batch_size] for start in range(0, len(rows), batch_size)]
+    return [row for batch in batches[rank::world] for row in batch]
+
+
+def run(cfg: dict, model_dir: Path, data_dir: Path, out_dir: Path, threads: int | None = None, benchmark=None):
+    """Answer the split and write the results; the metrics, or None on a rank other than 0.
+    `benchmark`: the prepared folder holds this benchmark of config `benchmarks` (amvl/data/benchmarks.py)."""
     cfg = Section(cfg).evaluate
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(0)  # tau > 0 draws noise; the same draws every time
-    split = stream.Rows(Path(data_dir) / f"{cfg.split}.parquet", split=cfg.split)  # read as answered
+    rank, world = rank_and_world()
+    split_name = "val" if benchmark else cfg.split  # a benchmark's one split, answers known
+    split = stream.Rows(Path(data_dir) / f"{split_name}.parquet", split=split_name, instruction=cfg.instruction)
     rows = limit_per_task([dict(r, row=i) for i, r in enumerate(split.text(QUESTION_COLUMNS))], cfg.limit)
     dtype = None if cfg.precision == "auto" else PRECISIONS[cfg.precision]  # auto: the training precision
     model = LatentReasoner.load(model_dir, device(cfg.device), dtype).eval()
     tokenizer, image_processor = load_processors(model_dir)
     rows, skipped, examples = questions(cfg, split, rows, tokenizer, image_processor, model.cfg.answer_format)
+    mine = my_batches(rows, cfg.batch_size, rank, world)
 
     records = [record(row, "(Z)", "", "skipped") for row in skipped]  # over evaluate.max_tokens: scored wrong
-    with Progress(f"evaluate ({cfg.mode})", len(examples), "questions") as progress:
-        for start, chunk in zip(range(0, len(examples), cfg.batch_size), examples.chunks(cfg.batch_size)):
-            chunk_rows = rows[start : start + cfg.batch_size]
+    label = f"evaluate ({cfg.mode})" + (f", rank {rank} of {world}" if world > 1 else "")
+    with Progress(label, len(mine), "questions") as progress:
+        chunks = examples.subset([row["row"] for row in mine]).chunks(cfg.batch_size)
+        for start, chunk in zip(range(0, len(mine), cfg.batch_size), chunks):
+            chunk_rows = mine[start : start + cfg.batch_size]
             for row, answered in zip(chunk_rows, answer(model, tokenizer, chunk, chunk_rows, cfg)):
                 records.append(record(row, *answered))
             progress.update(len(records) - len(skipped))
+    if world > 1:  # rank 0 merges every rank's answers, then scores and diagnoses alone
+        gathered = [None] * world if rank == 0 else None
+        torch.distributed.gather_object(records[len(skipped) :], gathered)
+        if rank != 0:
+            return None
+        records = records[: len(skipped)] + [r for part in gathered for r in part]
     records = sorted(records, key=lambda r: r.pop("row"))  # file order, skipped questions in their place
 
     out_dir = Path(out_dir)
@@ -143,13 +180,17 @@ def run(cfg: dict, model_dir: Path, data_dir: Path, out_dir: Path, threads: int 
             for r in records
             if r["sub_task"] == task
         ]
-        write_json(out_dir / f"{task}.json", {cfg.split: official})
-    metrics = {"split": cfg.split, "mode": cfg.mode, "tau": cfg.tau, "latents": "prior", "questions": len(records)}
+        write_json(out_dir / f"{task}.json", {split_name: official})
+    metrics = {"split": split_name, "mode": cfg.mode, "tau": cfg.tau, "latents": "prior", "questions": len(records)}
+    # A Hugging Face folder evaluated as it is (objective none, or `amvl evaluate --model` on anyone's model)
+    metrics["model"] = {"path": str(model_dir), "zero_shot": not (Path(model_dir) / LATENT_CONFIG).exists()}
+    if cfg.instruction:
+        metrics["instruction"] = cfg.instruction
     if cfg.max_tokens:
         metrics["skipped"] = len(skipped)  # over evaluate.max_tokens even at min_pixels: scored wrong
     weights = model.backbone.get_input_embeddings().weight  # where and in what the answers were computed
-    metrics.update(device=weights.device.type, dtype=str(weights.dtype).removeprefix("torch."))
-    if cfg.split == "test":  # answers hidden: nothing to score, a file to submit
+    metrics.update(device=weights.device.type, dtype=str(weights.dtype).removeprefix("torch."), processes=world)
+    if split_name == "test":  # answers hidden: nothing to score, a file to submit
         write_json(out_dir / "submission.json", {r["idx"]: r["prediction"] for r in records})
     else:
         metrics.update(accuracy_table(records))
@@ -157,7 +198,10 @@ def run(cfg: dict, model_dir: Path, data_dir: Path, out_dir: Path, threads: int 
         for r in records:
             fallback[r["sub_task"]].append(r["route"] == "fallback")
         metrics["fallback_rate"] = {task: sum(f) / len(f) for task, f in sorted(fallback.items())}
-        if cfg.diagnostics and model.cfg.slot_kind == "latent":
+        if benchmark:
+            kind = benchmarks.BENCHMARKS[benchmark].score
+            metrics.update(benchmark=benchmark, score_kind=kind, score=metrics[f"{kind}_accuracy"])
+        elif cfg.diagnostics and model.cfg.slot_kind == "latent":
             specials = set(tokenizer.all_special_ids) | set(tokenizer.added_tokens_decoder)  # chat, vision, slots
             # About 15 passes over each question: evaluate.diagnostics_limit keeps a 7B model to a subset.
             probe = examples.subset([row["row"] for row in limit_per_task(rows, cfg.diagnostics_limit)])

@@ -7,6 +7,9 @@ Sources of the benchmark (`data.source`):
   split, so `data.train_records` must name one.
 `data.train_records`, when set, is the train split in either case: a record file or a local
 Monet-SFT-125K folder.
+
+`benchmark` prepares one of config `benchmarks` (V* Bench, HR-Bench, VisualPuzzles) from its
+local copy into data/benchmarks/<name>/val.parquet, in the same schema: its one split, scored.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from amvl.config import Section
-from amvl.data import blink_local, synthetic
+from amvl.data import benchmarks, blink_local, synthetic
 from amvl.data.blink import checked_rows, write_rows, write_split
 from amvl.data.records import iter_records
 from amvl.errors import ConfigError, UserError
@@ -83,3 +86,19 @@ def run(cfg: dict, out_dir: Path) -> None:
             else:
                 path.unlink()  # a split the BLINK copy does not have (test)
         write_json(tmp / "dataset.json", {"source": data.source, "train_records": data.train_records, "rows": counts})
+
+
+def benchmark(name: str, root: Path, out_dir: Path) -> None:
+    """One benchmark's local copy -> `out_dir`/val.parquet, each row checked as it is read."""
+    if name not in benchmarks.BENCHMARKS:
+        raise ConfigError(f"benchmarks.{name}: unknown benchmark (known: {', '.join(benchmarks.BENCHMARKS)})")
+
+    def rows() -> Iterator[dict]:
+        for row, problems in benchmarks.checked_rows(name, Path(root)):
+            if problems:
+                raise UserError(f"{problems[0]} (`amvl data inspect {root}` lists every problem)")
+            yield row
+
+    with atomic_dir(out_dir) as tmp:
+        count = write_rows(rows(), tmp / "val.parquet")
+        write_json(tmp / "dataset.json", {"benchmark": name, "root": str(root), "rows": {"val": count}})

@@ -16,6 +16,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 from amvl import theory
+from amvl.data import benchmarks
 from amvl.evaluation import plots
 from amvl.io import atomic_dir
 
@@ -51,8 +52,16 @@ def settings_sentence(metrics: dict[str, dict]) -> str:
     )
 
 
-def accuracy_section(metrics: dict[str, dict]) -> tuple[list, dict, dict]:
-    """The methods x subtasks table (mean ± std over seeds), plus what the bar plot needs."""
+def method_label(method: str, ms: list[dict]) -> str:
+    """`amvl (3 seeds)`, or for a model evaluated as it is, `base (zero-shot Qwen2.5-VL-7B-Instruct)`."""
+    if ms[0].get("model", {}).get("zero_shot"):
+        return f"{method} (zero-shot {Path(ms[0]['model']['path']).name})"
+    return f"{method} ({len(ms)} seed{'s' if len(ms) > 1 else ''})"
+
+
+def accuracy_section(metrics: dict[str, dict], score: str = "macro") -> tuple[list, dict, dict]:
+    """The methods x subtasks table (mean ± std over seeds) with the `score` accuracy (macro or
+    micro) as the headline, plus what the bar plot needs."""
     tasks = sorted({t for m in metrics.values() for t in m.get("per_task", {})})
     by_method = defaultdict(list)
     for run, m in metrics.items():
@@ -62,7 +71,7 @@ def accuracy_section(metrics: dict[str, dict]) -> tuple[list, dict, dict]:
         per_task = {t: [m["per_task"][t] for m in ms if t in m["per_task"]] for t in tasks}
         bars[method] = {t: mean_std([100 * v for v in vs]) for t, vs in per_task.items() if vs}
         rows.append(
-            [f"{method} ({len(ms)} seed{'s' if len(ms) > 1 else ''})"]
+            [method_label(method, ms)]
             + [cell(per_task[t]) if per_task[t] else "" for t in tasks]
             + [cell([m["macro_accuracy"] for m in ms]), cell([m["micro_accuracy"] for m in ms])]
         )
@@ -72,8 +81,28 @@ def accuracy_section(metrics: dict[str, dict]) -> tuple[list, dict, dict]:
         + [f"{100 * chance[t]:.1f}" for t in tasks]
         + [f"{100 * statistics.mean(chance[t] for t in tasks):.1f}", ""]
     )
-    header = ["method"] + [t.replace("_", " ") for t in tasks] + ["macro (official)", "micro"]
+    official = {"macro": ["macro (official)", "micro"], "micro": ["macro", "micro (official)"]}[score]
+    header = ["method"] + [t.replace("_", " ") for t in tasks] + official
     return [header, *rows], bars, chance
+
+
+def benchmark_blocks(name: str, metrics: dict[str, dict]) -> list:
+    """A benchmark's section: our runs per category and its headline score, the paper's quoted beside."""
+    bench = benchmarks.BENCHMARKS[name]
+    table = accuracy_section(metrics, bench.score)[0]
+    width = len(table[0])
+    column = width - 2 if bench.score == "macro" else width - 1
+    for model, value in bench.paper.items():
+        quoted = [f"{model} (paper, quoted)"] + [""] * (width - 1)
+        quoted[column] = f"{value:.2f}"
+        table.append(quoted)
+    how = "the mean of its category accuracies" if bench.score == "macro" else "the accuracy over all questions"
+    return [
+        ("h", 2, f"{bench.title}: accuracy (%)"),
+        ("p", f"{settings_sentence(metrics)} Its score, as its authors report it, is {how}. The paper's rows are "
+              "quoted from it (Qwen2.5-VL-7B backbone), not measured here."),
+        ("table", table),
+    ]  # fmt: skip
 
 
 def diagnostics_table(metrics: dict[str, dict]) -> list:
@@ -155,7 +184,14 @@ def to_html(blocks: list, folder: Path) -> str:
 
 
 def run(cfg: dict, metrics_paths: list[Path], summary_paths: list[Path], out_dir: Path) -> None:
-    metrics = {Path(p).parent.name: json.loads(Path(p).read_text()) for p in metrics_paths}
+    # results/<experiment>/<run>/metrics.json, and results/<experiment>/<run>/<benchmark>/metrics.json
+    metrics, on_benchmark = {}, defaultdict(dict)
+    for path in map(Path, metrics_paths):
+        m = json.loads(path.read_text())
+        if "benchmark" in m:
+            on_benchmark[m["benchmark"]][path.parent.parent.name] = m
+        else:
+            metrics[path.parent.name] = m
     summaries = {Path(p).parent.name: json.loads(Path(p).read_text()) for p in summary_paths}
     logs = {Path(p).parent.name: load_log(Path(p).parent / "train_log.jsonl") for p in summary_paths}
     diagnosed = {run: m["diagnostics"] for run, m in metrics.items() if m.get("diagnostics")}
@@ -175,6 +211,9 @@ def run(cfg: dict, metrics_paths: list[Path], summary_paths: list[Path], out_dir
             plots.save(plots.accuracy_bars(bars, chance, styles), folder / "accuracy.png")
             blocks.append(("img", "accuracy per subtask", "accuracy.png"))
         blocks += [("h", 2, "The paper's BLINK numbers"), ("p", source), ("table", paper)]
+        for name in benchmarks.BENCHMARKS:
+            if name in on_benchmark:
+                blocks += benchmark_blocks(name, on_benchmark[name])
         if diagnosed:
             blocks += [
                 ("h", 2, "Leakage diagnostics (val split, likelihood scoring)"),

@@ -28,7 +28,7 @@ from amvl.config import STAGE_SECTIONS, Section
 from amvl.data import budget, stream
 from amvl.data.stream import batch_indices, epoch_order  # noqa: F401  (the sampler, as tests import it)
 from amvl.distributed import PRECISIONS, check_checkpoint_safe, device, import_deepspeed, latest_tag
-from amvl.errors import UserError
+from amvl.errors import ConfigError, UserError
 from amvl.io import atomic_dir, write_json, write_text
 from amvl.model.backbone import (
     build_image_processor,
@@ -254,6 +254,8 @@ def mean_over_ranks(terms: dict, world: int) -> dict:
 def run(cfg: dict, data_dir: Path, run_dir: Path, threads: int | None = None) -> dict:
     cfg = Section(cfg)
     train = cfg.train
+    if cfg.objective.name == "none":
+        raise ConfigError("objective.name: none trains nothing; evaluate model.pretrained_path with `amvl evaluate --model`")
     if train.threads or threads:
         torch.set_num_threads(train.threads or threads)
     deepspeed = import_deepspeed()

@@ -1,20 +1,48 @@
+# A run is evaluated from its converted model, or (objective none, zero-shot) from
+# model.pretrained_path as it is, through the same command either way.
 rule evaluate:
     input:
-        model=f"models/{EXP}/{{run}}",
+        model=lambda w: amvl_config.model_folder(config, w.run),
         split=lambda w: f"{DATA}/{amvl_config.resolve_run(config, w.run)['evaluate']['split']}.parquet",
     output:
         f"results/{EXP}/{{run}}/metrics.json",
     params:
         config=lambda w: stage_json("evaluate", w.run),
+        # `amvl`, or the configured launcher (torchrun) starting `python -m amvl` per process
+        amvl=lambda w: amvl_config.launch_command(config, w.run, "evaluate"),
         data=lambda w, input: os.path.dirname(input.split),
         out=lambda w, output: os.path.dirname(output[0]),
     threads: lambda w: amvl_config.resolve_run(config, w.run)["evaluate"]["threads"] or workflow.cores
     resources:
-        gpu=lambda w: amvl_config.evaluate_gpus(config, w.run),  # one GPU, where it runs on one
+        gpu=lambda w: amvl_config.evaluate_gpus(config, w.run),  # its launcher's, or one where it runs on one
     conda:
         "../../envs/amvl.yaml"
     log:
         f"logs/{EXP}/evaluate/{{run}}.log",
     shell:
-        "amvl evaluate --config-json {params.config:q} --model {input.model} --data {params.data}"
+        "{params.amvl} evaluate --config-json {params.config:q} --model {input.model:q} --data {params.data}"
         " --out {params.out} --threads {threads} 2>&1 | tee {log}"
+
+
+# Every run on every configured benchmark (config `benchmarks`), one job each.
+rule evaluate_benchmark:
+    input:
+        model=lambda w: amvl_config.model_folder(config, w.run),
+        split="data/benchmarks/{benchmark}/val.parquet",
+    output:
+        f"results/{EXP}/{{run}}/{{benchmark}}/metrics.json",
+    params:
+        config=lambda w: stage_json("evaluate", w.run),
+        amvl=lambda w: amvl_config.launch_command(config, w.run, "evaluate", w.benchmark),
+        data=lambda w, input: os.path.dirname(input.split),
+        out=lambda w, output: os.path.dirname(output[0]),
+    threads: lambda w: amvl_config.resolve_run(config, w.run)["evaluate"]["threads"] or workflow.cores
+    resources:
+        gpu=lambda w: amvl_config.evaluate_gpus(config, w.run),
+    conda:
+        "../../envs/amvl.yaml"
+    log:
+        f"logs/{EXP}/evaluate/{{run}}.{{benchmark}}.log",
+    shell:
+        "{params.amvl} evaluate --config-json {params.config:q} --model {input.model:q} --data {params.data}"
+        " --benchmark {wildcards.benchmark} --out {params.out} --threads {threads} 2>&1 | tee {log}"

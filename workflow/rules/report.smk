@@ -1,7 +1,8 @@
 rule report:
     input:
         metrics=expand(f"results/{EXP}/{{run}}/metrics.json", run=RUNS),
-        summaries=expand(f"runs/{EXP}/{{run}}/train_summary.json", run=RUNS),
+        benchmarks=expand(f"results/{EXP}/{{run}}/{{benchmark}}/metrics.json", run=RUNS, benchmark=BENCHMARKS),
+        summaries=expand(f"runs/{EXP}/{{run}}/train_summary.json", run=TRAINED),
     output:
         report=f"reports/{EXP}/report.md",
         # also in `snakemake --report report.html`: the self-contained page and its main figures
@@ -15,5 +16,5 @@ rule report:
     log:
         f"logs/{EXP}/report.log",
     shell:
-        "amvl report --config-json {params.config:q} --metrics {input.metrics} --summaries {input.summaries}"
-        " --out {params.out} 2>&1 | tee {log}"
+        "amvl report --config-json {params.config:q} --metrics {input.metrics} {input.benchmarks}"
+        " --summaries {input.summaries} --out {params.out} 2>&1 | tee {log}"

@@ -9,7 +9,7 @@ rule train:
     params:
         config=lambda w: stage_json("train", w.run),
         # `amvl`, or the configured launcher (deepspeed, torchrun) starting `python -m amvl` per process
-        amvl=lambda w: amvl_config.train_command(config, w.run),
+        amvl=lambda w: amvl_config.launch_command(config, w.run),
         data=lambda w, input: os.path.dirname(input.train),
         out=lambda w, output: os.path.dirname(output[0]),
     # train.threads > 0 caps a run's threads, so Snakemake can train several runs side by side
