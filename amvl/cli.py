@@ -154,7 +154,9 @@ def dispatch(args) -> int:
         if metrics is None:
             pass  # a rank other than 0: rank 0 writes and says
         elif "score" in metrics:
-            print(f"{metrics['benchmark']} score ({metrics['score_kind']}) {metrics['score']:.3f}  micro {metrics['micro_accuracy']:.3f}")
+            print(f"{metrics['benchmark']} score ({metrics['score_kind']}) {metrics['score']:.3f}")
+        elif "macro_accuracy" in metrics:
+            print(f"macro accuracy {metrics['macro_accuracy']:.3f}  micro {metrics['micro_accuracy']:.3f}")
         else:
             print(f"{metrics['questions']} answers in {args.out / 'submission.json'}")
     elif args.stage == "report":

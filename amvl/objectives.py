@@ -41,15 +41,18 @@ class DiagGaussian:
         return DiagGaussian(self.mean.detach(), self.logvar.detach())
 
 
-def gaussian_kl(a: DiagGaussian, b: DiagGaussian, slot_reduction: str = "mean") -> torch.Tensor:
-    """KL(a || b) per example, shape (batch,): summed over d, then mean (or sum) over slots.
-
-    Computed in float32 even when the heads run in bf16, so small KLs do not round to zero.
-    """
+def slot_kl(a: DiagGaussian, b: DiagGaussian) -> torch.Tensor:
+    """KL(a || b) per example and slot, shape (batch, k), summed over d; in float32 even when the
+    heads run in bf16, so small KLs do not round to zero."""
     mean_a, logvar_a = a.mean.float(), a.logvar.float()
     mean_b, logvar_b = b.mean.float(), b.logvar.float()
     per_dim = 0.5 * (logvar_b - logvar_a + (logvar_a.exp() + (mean_a - mean_b) ** 2) / logvar_b.exp() - 1.0)
-    per_slot = per_dim.sum(-1)
+    return per_dim.sum(-1)
+
+
+def gaussian_kl(a: DiagGaussian, b: DiagGaussian, slot_reduction: str = "mean") -> torch.Tensor:
+    """KL(a || b) per example, shape (batch,): summed over d, then mean (or sum) over slots."""
+    per_slot = slot_kl(a, b)
     return per_slot.mean(-1) if slot_reduction == "mean" else per_slot.sum(-1)
 
 
@@ -79,11 +82,22 @@ class KLObjective:
 
     `latents` tells the model what fills the slots while training: "posterior" (Z ~ q),
     "prior_mean" (latent_det), "pause" (learned pause embeddings) or "none" (no slots).
+    `free_bits` floors each slot's batch-mean KL in the loss (the logged KLs are the real ones):
+    below the floor a term has no gradient.
     """
 
-    def __init__(self, terms: set[str], beta: Schedule, gamma: Schedule, slot_reduction="mean", latents="posterior"):
+    def __init__(self, terms: set[str], beta: Schedule, gamma: Schedule, slot_reduction="mean", latents="posterior",
+                 free_bits: float = 0.0):  # fmt: skip
         self.terms, self.beta, self.gamma, self.slot_reduction = terms, beta, gamma, slot_reduction
-        self.latents = latents
+        self.latents, self.free_bits = latents, free_bits
+
+    def kl(self, a: DiagGaussian, b: DiagGaussian) -> tuple[torch.Tensor, torch.Tensor]:
+        """(KL(a || b) as logged, the same as the loss counts it: each slot floored at free_bits)."""
+        logged = gaussian_kl(a, b, self.slot_reduction).mean()
+        if not self.free_bits:
+            return logged, logged
+        per_slot = slot_kl(a, b).mean(0).clamp(min=self.free_bits)  # (k,): a slot's KL over the batch
+        return logged, per_slot.mean() if self.slot_reduction == "mean" else per_slot.sum()
 
     @property
     def slot_kind(self) -> str:
@@ -92,18 +106,16 @@ class KLObjective:
 
     def __call__(self, ntp_loss: torch.Tensor, prior: DiagGaussian | None, posterior: DiagGaussian | None, step: int):
         beta, gamma = self.beta(step), self.gamma(step)
-        kl = lambda a, b: gaussian_kl(a, b, self.slot_reduction).mean()  # noqa: E731
         out = {"ntp": ntp_loss, "beta": torch.tensor(beta), "gamma": torch.tensor(gamma)}
         loss = ntp_loss
-        if "joint_kl" in self.terms:
-            out["kl_joint"] = kl(posterior, prior)
-            loss = loss + beta * out["kl_joint"]
-        if "forward_kl" in self.terms:
-            out["kl_forward"] = kl(posterior.detach(), prior)
-            loss = loss + beta * out["kl_forward"]
-        if "reverse_kl" in self.terms:
-            out["kl_reverse"] = kl(prior.detach(), posterior)
-            loss = loss + gamma * out["kl_reverse"]
+        # term -> (a, b, weight) of KL(a || b); sg[.] is detach: which head each term trains
+        for term, pair in (("joint", lambda: (posterior, prior, beta)),
+                           ("forward", lambda: (posterior.detach(), prior, beta)),
+                           ("reverse", lambda: (prior.detach(), posterior, gamma))):  # fmt: skip
+            if f"{term}_kl" in self.terms:
+                a, b, weight = pair()
+                out[f"kl_{term}"], counted = self.kl(a, b)
+                loss = loss + weight * counted
         out["loss"] = loss
         return out
 
@@ -129,7 +141,7 @@ OBJECTIVES = {
 }
 
 
-def build_objective(name: str, beta=None, gamma=None, kl_slot_reduction: str = "mean") -> KLObjective:
+def build_objective(name: str, beta=None, gamma=None, kl_slot_reduction: str = "mean", free_bits: float = 0.0) -> KLObjective:
     """The objective `name` (see OBJECTIVES) with beta/gamma schedules given as dicts or Schedules.
 
     `amvl_reverse_first` takes the same schedules as `amvl` and swaps their start steps.
@@ -142,4 +154,4 @@ def build_objective(name: str, beta=None, gamma=None, kl_slot_reduction: str = "
     if name == "amvl_reverse_first":
         beta, gamma = _swap_starts(beta, gamma)
     terms, latents = OBJECTIVES[name]
-    return KLObjective(terms, beta, gamma, kl_slot_reduction, latents)
+    return KLObjective(terms, beta, gamma, kl_slot_reduction, latents, free_bits)

@@ -61,7 +61,7 @@ def test_streamed_batches_are_the_in_memory_ones(prepared_data, built, workers):
 
 def test_training_reads_text_and_one_image_not_the_split(prepared_data, built):
     rows, _, _ = built
-    inputs = train.build_inputs(stream.Rows(prepared_data / "train.parquet", split="train"))
+    inputs = train.build_inputs(stream.Rows(prepared_data / "train.parquet", split="train"), Section(validate({})))
     assert [r["prompt"] + r["answer"] for r in inputs] == [r["prompt"] + r["answer"] for r in rows]
     assert [i.tobytes() for i in inputs[0]["images"]] == [i.tobytes() for i in rows[0]["images"]]
     assert all("images" not in r for r in inputs[1:])

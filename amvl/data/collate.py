@@ -26,6 +26,7 @@ class Example:
     answer_ids: list[int]  # the gold answer, "(X)<|im_end|>" (or free text for a training record)
     choice_ids: list[list[int]]  # every option's answer, in letter order; [] without choices
     answer_index: int  # -1 without choices or with a hidden answer
+    rationale_ids: list[int]  # the row's explanation, what a privileged posterior reads before y; [] without one
     pixel_values: torch.Tensor  # (patches, channels * temporal * patch * patch)
     image_grid_thw: torch.Tensor  # (images, 3)
 
@@ -51,24 +52,32 @@ def prompt_text(tokenizer, prompt: str, grids: torch.Tensor) -> str:
     return "".join(piece + pad for piece, pad in zip(pieces, pads + [""]))
 
 
-ANSWER_FORMATS = ("letter", "letter_and_option")
+ANSWER_FORMATS = ("letter", "letter_and_option", "rationale_then_answer")
 
 
 def answer_text(index: int, option: str, answer_format: str) -> str:
     """The target for option `index`: "(A)", or "(A) the red square" (the letter then decides the
-    tokens after it, so its identity is kept in the hidden states a posterior reads)."""
-    return letter(index) if answer_format == "letter" else f"{letter(index)} {option}"
+    tokens after it, so its identity is kept in the hidden states a posterior reads); a chain of
+    thought ends with "The answer is (A) the red square" (`targets` puts the rationale first)."""
+    if answer_format == "letter":
+        return letter(index)
+    return ("The answer is " if answer_format == "rationale_then_answer" else "") + f"{letter(index)} {option}"
 
 
 def targets(row: dict, tokenizer, answer_format: str = "letter") -> tuple[list[int], list[list[int]], int]:
-    """(answer ids, every option's answer ids, answer index) of a row: see `Example`."""
+    """(answer ids, every option's answer ids, answer index) of a row: see `Example`. A chain of
+    thought (rationale_then_answer) trains on the row's rationale, then the answer; its options
+    are scored without one."""
     options = row["choices"] or []
     choice_ids = [tokenizer(answer_text(i, c, answer_format) + IM_END).input_ids for i, c in enumerate(options)]
     known = choice_ids and row["answer"] in [letter(i) for i in range(len(choice_ids))]  # test rows: "hidden"
     answer_index = LETTERS.index(row["answer"][1]) if known else -1
     if not choice_ids:
         return tokenizer(row["answer"] + IM_END).input_ids, [], -1
-    return (choice_ids[answer_index] if known else []), choice_ids, answer_index
+    answer_ids = choice_ids[answer_index] if known else []
+    if known and answer_format == "rationale_then_answer" and row.get("explanation"):
+        answer_ids = tokenizer(row["explanation"] + " ").input_ids + answer_ids
+    return answer_ids, choice_ids, answer_index
 
 
 def encode(row: dict, tokenizer, image_processor, answer_format: str = "letter", size: dict | None = None) -> Example:
@@ -84,6 +93,7 @@ def encode(row: dict, tokenizer, image_processor, answer_format: str = "letter",
         answer_ids=answer_ids,
         choice_ids=choice_ids,
         answer_index=answer_index,
+        rationale_ids=tokenizer(row["explanation"] + " ").input_ids if row.get("explanation") else [],
         pixel_values=pixels["pixel_values"],
         image_grid_thw=grids,
     )
@@ -99,6 +109,7 @@ def collate(examples: list[Example]) -> dict:
     return {
         "prompt_ids": [e.prompt_ids for e in examples],
         "answer_ids": [e.answer_ids for e in examples],
+        "rationale_ids": [e.rationale_ids for e in examples],
         "pixel_values": torch.cat([e.pixel_values for e in examples]),
         "image_grid_thw": torch.cat([e.image_grid_thw for e in examples]),
         "images_per_example": [len(e.image_grid_thw) for e in examples],

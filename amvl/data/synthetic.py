@@ -17,6 +17,12 @@ Everything is a function of the seed.
 | IQ_Test           | 1      | 3       | 33%    | the period (2 or 3) of a colour cycle, then the | 2, shortcut  |
 |                   |        |         |        | colour of the last cell; the majority colour is |              |
 |                   |        |         |        | a shortcut that holds for period 2 only         |              |
+| Pointer_<h>hop    | 1      | 8       | 12.5%  | a 3x3 grid whose colours point to cells; follow | h + 1 reads, |
+| (h = 0..3)        |        |         |        | h pointers from the top-left cell, name the     | h cells on   |
+|                   |        |         |        | colour reached (the rationale lists the cells)  | the way      |
+
+Every row carries its rationale (the intermediate results) in `explanation` in the train split,
+as BLINK rows carry one; the val split leaves it empty.
 
 Why latent slots should matter: the answer is one token, produced right after the prompt, so
 everything the model computes must fit in its few layers at the last prompt position. The
@@ -42,6 +48,7 @@ holds it is a second step the small model did not find in 1,000 steps.
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import numpy as np
@@ -190,6 +197,52 @@ def iq_test(rng, image_size, answer_index):
     )
 
 
+# Pointer chasing: eight colours; colour j points to cell j of the 3x3 grid in reading order.
+# The ninth cell (bottom right) is grey: a colour names no cell there, so nothing points to it.
+POINTER_COLORS = {
+    "red": (220, 40, 40), "blue": (40, 70, 220), "green": (40, 170, 60), "yellow": (230, 200, 40),
+    "magenta": (200, 50, 200), "cyan": (40, 200, 210), "orange": (240, 130, 30), "black": (30, 30, 30),
+}  # fmt: skip
+POINTER_GRID, GREY = 3, (150, 150, 150)
+
+
+def pointer_chasing(rng, image_size, answer_index, hops: int):
+    """A 3x3 grid of coloured cells; a cell's colour names the cell it points to (colour j ->
+    cell j, a fixed code the model learns). Start at the top-left cell, follow `hops` pointers:
+    which colour is the cell reached? The options are the eight colours in a fixed order, so the
+    answer's letter is its colour (no second step of finding which letter holds it, which a
+    small model does not learn: synthetic Counting's note). The cells passed on the way are
+    intermediate results that are not the answer: no colour read on the way is the answer, so
+    stopping a hop short (or reading the start cell) is wrong."""
+    if image_size < POINTER_GRID * CELL:
+        raise ValueError(f"pointer chasing needs images of at least {POINTER_GRID * CELL} pixels")
+    names = list(POINTER_COLORS)
+    while True:  # random pointers; the chain from cell 0 visits hops + 1 distinct cells, and the
+        # answer is none of the colours read on the way (those name the chain's later cells)
+        colour_of = [int(c) for c in rng.integers(len(names), size=len(names))]
+        chain = [0]
+        for _ in range(hops):
+            chain.append(colour_of[chain[-1]])
+        colour_of[chain[-1]] = answer_index
+        if len(set(chain)) == len(chain) and answer_index not in chain[1:]:
+            break
+    grid = {(i // POINTER_GRID, i % POINTER_GRID): POINTER_COLORS[names[c]] for i, c in enumerate(colour_of)}
+    grid[(POINTER_GRID - 1, POINTER_GRID - 1)] = GREY
+    steps = "".join(f"cell {c + 1} is {names[colour_of[c]]}, so go to cell {colour_of[c] + 1}; " for c in chain[:-1])
+    question = "Which colour is the top-left cell?"  # 0 hops: the curriculum's first step, reading a cell
+    if hops:
+        question = (
+            f"Start at the top-left cell and follow the colour pointers {hops} time{'s' if hops > 1 else ''}. "
+            "Which colour is the cell you reach?"
+        )
+    return dict(
+        question=question,
+        choices=names,
+        images=[draw_cells(image_size, grid)],
+        explanation=f"{steps}cell {chain[-1] + 1} is {names[answer_index]}.",
+    )
+
+
 # name -> (generator, number of options)
 SUBTASKS: dict[str, tuple[Callable, int]] = {
     "Counting": (counting, 4),
@@ -198,6 +251,7 @@ SUBTASKS: dict[str, tuple[Callable, int]] = {
     "Relative_Depth": (relative_depth, 2),
     "Jigsaw": (jigsaw, 2),
     "IQ_Test": (iq_test, 3),
+    **{f"Pointer_{hops}hop": (functools.partial(pointer_chasing, hops=hops), 8) for hops in (0, 1, 2, 3)},
 }
 
 

@@ -91,9 +91,11 @@ def leakage(model, examples: list[Example], batch_size: int, taus: list[float], 
     wrong = (gold + 1) % options
     given_wrong = latents(model, examples, batch_size, [e.choice_ids[w] for e, w in zip(examples, wrong.tolist())])
 
-    prior_accuracy = accuracy(predictions(model, examples, batch_size, z=prior.mean))
-    oracle_accuracy = accuracy(predictions(model, examples, batch_size, z=posterior.mean))
-    follow_wrong = (predictions(model, examples, batch_size, z=given_wrong["posterior"].mean) == wrong).float().mean()
+    prior_hits = predictions(model, examples, batch_size, z=prior.mean) == gold
+    oracle_hits = predictions(model, examples, batch_size, z=posterior.mean) == gold
+    followed = predictions(model, examples, batch_size, z=given_wrong["posterior"].mean) == wrong
+    prior_accuracy, oracle_accuracy = prior_hits.float().mean().item(), oracle_hits.float().mean().item()
+    follow_wrong = followed.float().mean()
     ignored_level = ((1 - prior_accuracy) / (options - 1).float()).mean()
 
     swap_means = [  # posterior mean given each candidate, (candidates, B, k, d) padded with the gold one
@@ -107,8 +109,9 @@ def leakage(model, examples: list[Example], batch_size: int, taus: list[float], 
     ).mean()
 
     shuffled = prior.mean.roll(1, dims=0)  # each question gets its neighbour's latents
+    zero_hits = predictions(model, examples, batch_size, z=torch.zeros_like(prior.mean)) == gold
     ablations = {
-        "zero": accuracy(predictions(model, examples, batch_size, z=torch.zeros_like(prior.mean))),
+        "zero": zero_hits.float().mean().item(),
         "noise": accuracy(predictions(model, examples, batch_size, z=torch.randn_like(prior.mean))),
         "shuffled": accuracy(predictions(model, examples, batch_size, z=shuffled)),
     }
@@ -128,7 +131,19 @@ def leakage(model, examples: list[Example], batch_size: int, taus: list[float], 
         shift = (latents(model, examples, batch_size, change=change)["prior"].mean - prior.mean).norm(dim=-1)
         sensitivity[part] = (shift.mean(0) / prior.mean.norm(dim=-1).mean(0)).tolist()
 
+    per_task = {}  # the main numbers per subtask: where latents matter may be a few of them
+    for task in sorted({e.sub_task for e in examples}):
+        rows = torch.tensor([e.sub_task == task for e in examples])
+        prior_task = prior_hits[rows].float().mean().item()
+        per_task[task] = {
+            "prior_accuracy": prior_task,
+            "oracle_accuracy": oracle_hits[rows].float().mean().item(),
+            "zero_accuracy": zero_hits[rows].float().mean().item(),
+            "follow_wrong_rate": followed[rows].float().mean().item(),
+            "follow_wrong_if_ignored": ((1 - prior_task) / (options[rows] - 1).float()).mean().item(),
+        }
     return {
+        "per_task": per_task,
         "prior_accuracy": prior_accuracy,
         "oracle_accuracy": oracle_accuracy,
         "leakage_gap": oracle_accuracy - prior_accuracy,

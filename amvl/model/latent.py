@@ -58,6 +58,7 @@ class LatentConfig:
     # "none": no slots at all (plain ntp). Set by the objective; inference needs to know it.
     slot_kind: str = "latent"
     posterior_layout: str = "suffix"  # how q sees y: Q slots after y, or [h_P ; mean-pooled h_y]
+    posterior_input: str = "answer"  # what q reads as y: the answer, the rationale, or both
     eos_id: int | None = None  # where generation stops
     answer_format: str = "letter"  # how answers were written in training (amvl.data.collate.ANSWER_FORMATS)
     precision: str = "fp32"  # train.precision: the dtype evaluation loads the model in by default
@@ -229,13 +230,15 @@ class LatentReasoner(nn.Module):
     def slot_ids(self) -> list[int]:
         return [] if self.cfg.slot_kind == "none" else list(self.cfg.prior_slot_ids)
 
-    def inputs(self, layout: Layout, batch: dict):
-        """Image features (computed once, shared by every pass), token embeddings, mRoPE positions."""
+    def inputs(self, layout: Layout, batch: dict, images=None):
+        """Image features (computed once, shared by every pass: pass them in to reuse them), token
+        embeddings, mRoPE positions."""
         device = self.backbone.device
         grids = batch["image_grid_thw"].to(device)
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.cfg.freeze_vision):
             pixels = batch["pixel_values"].to(device, self.backbone.model.visual.dtype)
-            images = self.backbone.model.get_image_features(pixels, grids, return_dict=True)
+            if images is None:
+                images = self.backbone.model.get_image_features(pixels, grids, return_dict=True)
         embeds = self.backbone.get_input_embeddings()(layout.ids.to(device))
         # Qwen's 3-D positions, (3, B, T), from the whole layout and passed explicitly: with
         # inputs_embeds alone the model would silently fall back to 1-D positions.
@@ -286,15 +289,22 @@ class LatentReasoner(nn.Module):
         return self.posterior_head(torch.cat([hidden[:, slots], pooled[:, None].expand(-1, layout.k, -1)], -1))
 
     # ---- training ---------------------------------------------------------------------------
-    def forward(self, batch: dict, latents: str = "posterior", decode: bool = True) -> dict:
+    def forward(self, batch: dict, latents: str = "posterior", decode: bool = True, decode_from: str = "posterior") -> dict:
         """L_ntp(y | x, Z) with Z from `latents`: "posterior" (Z ~ q, the variational objectives),
         "prior_mean" (latent_det), "pause" or "none" (no Z). Returns the loss, prior and posterior
-        (with `decode=False` only the latter two: the variational pass alone)."""
+        (with `decode=False` only the latter two: the variational pass alone). `decode_from="prior"`
+        decodes a variational objective's step from Z ~ p instead (train.prior_decode_fraction)."""
         suffix = latents == "posterior" and self.cfg.posterior_layout == "suffix"
         slot_ids = [] if latents == "none" else list(self.cfg.prior_slot_ids)
-        layout = self.layout(
-            batch["prompt_ids"], batch["answer_ids"], slot_ids, self.cfg.posterior_slot_ids if suffix else None
-        )
+        # A privileged posterior reads the rationale before y in the variational pass; the decode
+        # pass then has a layout of its own, with y alone after the slots.
+        privileged = latents == "posterior" and self.cfg.posterior_input != "answer"
+        seen = batch["answer_ids"]
+        if privileged:  # a row without a rationale shows the answer
+            rationales = batch.get("rationale_ids") or [[]] * len(seen)
+            with_answer = self.cfg.posterior_input == "rationale_and_answer"
+            seen = [r + a if with_answer or not r else r for r, a in zip(rationales, batch["answer_ids"])]
+        layout = self.layout(batch["prompt_ids"], seen, slot_ids, self.cfg.posterior_slot_ids if suffix else None)
         images, embeds, positions = self.inputs(layout, batch)
         if latents in ("pause", "none"):  # one pass, nothing to infer
             hidden = self.run(layout, embeds, positions, images, stop=layout.answer_end)
@@ -314,7 +324,10 @@ class LatentReasoner(nn.Module):
             return {"prior": prior, "posterior": posterior}
 
         # Decode pass over [x | inj(Z) | y], continuing from x's cache (same position ids).
-        z = posterior.sample() if posterior is not None else prior.mean
+        z = prior.mean if posterior is None else prior.sample() if decode_from == "prior" else posterior.sample()
+        if privileged:
+            layout = self.layout(batch["prompt_ids"], batch["answer_ids"], slot_ids)
+            _, embeds, positions = self.inputs(layout, batch, images)
         decoded = self.run(
             layout,
             self.with_latents(layout, embeds, z),
@@ -491,6 +504,7 @@ def wrap_backbone(backbone, tokenizer, model_cfg, slot_kind: str = "latent", pre
         freeze_vision=model_cfg.freeze_vision,
         slot_kind=slot_kind,
         posterior_layout=model_cfg.posterior_layout,
+        posterior_input=model_cfg.posterior_input,
         eos_id=tokenizer.convert_tokens_to_ids(IM_END),
         answer_format=model_cfg.answer_format,
         precision=precision,

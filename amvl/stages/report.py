@@ -11,6 +11,8 @@ from __future__ import annotations
 import base64
 import html
 import json
+import math
+import re
 import statistics
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -125,6 +127,72 @@ def diagnostics_table(metrics: dict[str, dict]) -> list:
     return rows
 
 
+def multi_hop(tasks) -> list[str]:
+    """The subtasks that take several steps (`<name>_<n>hop`, n >= 2); all of them when none does."""
+    hops = [t for t in tasks if (m := re.search(r"_(\d+)hop$", t)) and int(m[1]) >= 2]
+    return hops or sorted(tasks)
+
+
+def pooled_sd(a: list[float], b: list[float]) -> float:
+    return math.sqrt((mean_std(a)[1] ** 2 + mean_std(b)[1] ** 2) / 2)
+
+
+def science_blocks(metrics: dict[str, dict]) -> list:
+    """Per subtask, mean ± std over seeds, of what decides the paper's claim, and the three
+    questions answered from those numbers (amvl/evaluation/diagnostics.py `per_task`)."""
+    by_method = defaultdict(list)
+    for run, m in metrics.items():
+        if m.get("per_task"):
+            by_method[method_of(run)].append(m)
+    tasks = sorted({t for ms in by_method.values() for m in ms for t in m["per_task"]})
+    hard = multi_hop(tasks)
+    # per method: accuracy over the multi-hop subtasks per seed (generated answers, prior latents)
+    hard_accuracy = {method: [statistics.mean(m["per_task"][t] for t in hard) for m in ms] for method, ms in by_method.items()}
+    header = ["method"] + [f"{t.replace('_', ' ')}: prior / zero-Z / oracle / follow-wrong (if ignored)" for t in tasks]
+    table, latent = [header], {}
+    for method, ms in by_method.items():
+        if not all(m.get("diagnostics", {}).get("per_task") for m in ms):
+            continue  # no latent slots (or results from before per-subtask diagnostics)
+        per = lambda key, t: [m["diagnostics"]["per_task"][t][key] for m in ms]  # noqa: E731
+        table.append([method_label(method, ms)] + [
+            f"{cell(per('prior_accuracy', t))} / {cell(per('zero_accuracy', t))} / {cell(per('oracle_accuracy', t))}"
+            f" / {cell(per('follow_wrong_rate', t))} ({cell(per('follow_wrong_if_ignored', t))})" for t in tasks
+        ])  # fmt: skip
+        average = lambda key: [statistics.mean(m["diagnostics"]["per_task"][t][key] for t in hard) for m in ms]  # noqa: E731
+        latent[method] = {k: average(k) for k in ("prior_accuracy", "zero_accuracy", "oracle_accuracy",
+                                                  "follow_wrong_rate", "follow_wrong_if_ignored")}  # fmt: skip
+    if not latent:
+        return []
+    said = ", ".join(t.replace("_", " ") for t in hard)
+    used = [f"{m}: prior {cell(v['prior_accuracy'])} against zero-Z {cell(v['zero_accuracy'])}, "
+            f"{'used' if statistics.mean(v['prior_accuracy']) - statistics.mean(v['zero_accuracy']) >= 0.10 else 'not used'}"
+            for m, v in latent.items()]  # fmt: skip
+    leaks = [f"{m}: oracle - prior {cell([o - p for o, p in zip(v['oracle_accuracy'], v['prior_accuracy'])])}, "
+             f"follow-wrong {cell(v['follow_wrong_rate'])} against {cell(v['follow_wrong_if_ignored'])} if Z were ignored"
+             for m, v in latent.items()]  # fmt: skip
+    beats = []
+    for m in latent:
+        for other, accuracy in hard_accuracy.items():
+            if other != m:
+                gap = statistics.mean(hard_accuracy[m]) - statistics.mean(accuracy)
+                margin = 2 * pooled_sd(hard_accuracy[m], accuracy)
+                verdict = "above by more than 2 sd" if gap > margin and len(accuracy) > 1 else "not above by 2 sd"
+                beats.append(f"{m} {cell(hard_accuracy[m])} vs {other} {cell(accuracy)}: {verdict}")
+    return [
+        ("h", 2, "Is Z used, does it leak, does it help? (per subtask, mean ± std over seeds)"),
+        ("p", "Likelihood-scored diagnostics on the val split, per subtask: prior accuracy, with Z zeroed, with "
+              "Z from the posterior given the gold answer (oracle), and how often Z from a wrong answer's "
+              "posterior is followed, beside the rate expected if Z were ignored."),
+        ("table", table),
+        ("p", f"(a) Is Z used? Over the multi-hop subtasks ({said}), 'used' meaning at least 10 points above "
+              "zero-Z: " + "; ".join(used) + "."),
+        ("p", "(b) Does it leak? A leak shows as oracle above prior and follow-wrong above its Z-ignored level: "
+              + "; ".join(leaks) + "."),
+        ("p", f"(c) Does it help? Accuracy over the multi-hop subtasks (generated answers, prior latents), "
+              "against every other method: " + "; ".join(beats) + "."),
+    ]  # fmt: skip
+
+
 def paper_table() -> tuple[str, list]:
     paper = json.loads(PAPER.read_text())
     header = ["model (paper)"] + [t.replace("_", " ") for t in paper["subtasks"]] + ["BLINK avg (14)"]
@@ -230,6 +298,7 @@ def run(cfg: dict, metrics_paths: list[Path], summary_paths: list[Path], out_dir
                 ("img", "slot similarity", "slot_similarity.png"),
                 ("img", "modality sensitivity", "modality.png"),
             ]
+        blocks += science_blocks(metrics)
         plots.save(plots.training_curves(logs, styles), folder / "training_curves.png")
         plots.save(plots.schedules(logs, styles), folder / "schedules.png")
         plots.save(plots.toy_theory(theory.leakage_curve()), folder / "theory.png")

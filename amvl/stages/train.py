@@ -22,6 +22,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from amvl.config import STAGE_SECTIONS, Section
@@ -90,7 +91,7 @@ def build(cfg: Section, rows: list[dict], run_dir: Path, slot_kind: str, write: 
             cfg.model.attn_implementation,
         )
     else:
-        corpus = [row["prompt"] + row["answer"] for row in rows]
+        corpus = [row["prompt"] + row["answer"] + row.get("explanation", "") for row in rows]
         tokenizer = build_tokenizer(corpus, cfg.model.vocab_size, cfg.model.latent_slots)
         image_processor = build_image_processor(max(image.width for image in rows[0]["images"]))
         backbone = build_small_qwen(cfg.model, tokenizer)  # initialised in fp32 whatever the precision
@@ -177,12 +178,14 @@ def log_record(step: int, terms: dict, out: dict, lrs: list[float], tokens_per_s
     }
 
 
-def build_inputs(rows: stream.Rows) -> list[dict]:
+def build_inputs(rows: stream.Rows, cfg: Section) -> list[dict]:
     """What `build` reads of the data, without decoding the split: every prompt and answer (the
     tokenizer trains on them) and the first row's images (they size the image processor)."""
     if not len(rows):
         raise UserError(f"{rows.path}: no rows")
-    text = rows.text(["prompt", "answer"])
+    # rationales too where the model reads or writes them (a privileged posterior, a chain of thought)
+    uses_rationale = "rationale" in cfg.model.answer_format + cfg.model.posterior_input
+    text = rows.text(["prompt", "answer", *(["explanation"] if uses_rationale else [])])
     text[0]["images"] = rows[0]["images"]
     return text
 
@@ -266,9 +269,10 @@ def run(cfg: dict, data_dir: Path, run_dir: Path, threads: int | None = None) ->
     train_file = Path(data_dir) / "train.parquet"
     rows = stream.Rows(train_file, split="train")  # read lazily, a row group at a time
     objective = build_objective(
-        cfg.objective.name, cfg.objective.beta, cfg.objective.gamma, cfg.objective.kl_slot_reduction
-    )
-    tokenizer, image_processor, model = build(cfg, build_inputs(rows), run_dir, objective.slot_kind, write=rank == 0)
+        cfg.objective.name, cfg.objective.beta, cfg.objective.gamma, cfg.objective.kl_slot_reduction,
+        cfg.objective.free_bits,
+    )  # fmt: skip
+    tokenizer, image_processor, model = build(cfg, build_inputs(rows, cfg), run_dir, objective.slot_kind, write=rank == 0)
     dataset, lengths = training_data(train, rows, tokenizer, image_processor, cfg.model.answer_format, run_dir, rank)
     # On a GPU, fused AdamW: one kernel over ZeRO's flat fp32 partition, where the default (foreach)
     # allocates temporaries of the partition's size. The CPU keeps the default.
@@ -291,6 +295,8 @@ def run(cfg: dict, data_dir: Path, run_dir: Path, threads: int | None = None) ->
     progress = Progress("train", train.steps, "steps", start=start, enabled=rank == 0)
     with progress, open(log_path if rank == 0 else os.devnull, "a") as log:
         for step in range(start, train.steps):
+            # train.prior_decode_fraction: this step's decoder reads Z from the prior (a function of seed and step)
+            from_prior = np.random.default_rng([train.seed, step]).random() < train.prior_decode_fraction
             for micro in range(train.grad_accum):
                 torch.manual_seed(train.seed * 1_000_003 + (step * train.grad_accum + micro) * world + rank)  # Z noise
                 batch, counts, error = next(data)
@@ -298,7 +304,7 @@ def run(cfg: dict, data_dir: Path, run_dir: Path, threads: int | None = None) ->
                     raise UserError(error)
                 paddings.append(stream.padding(batch))
                 fitted += counts
-                out = engine(batch, latents=objective.latents)
+                out = engine(batch, latents=objective.latents, decode_from="prior" if from_prior else "posterior")
                 terms = objective(out["ntp_loss"], out["prior"], out["posterior"], step)
                 if not all_finite(terms["loss"], world):
                     raise UserError(
