@@ -20,6 +20,15 @@ def rows_of(name, root):
     return [row for row, _ in rows], [p for _, problems in rows for p in problems]
 
 
+def clean_rows(name, root):
+    """The rows of a fixture without problems, each checked against BLINK's schema."""
+    rows, problems = rows_of(name, root)
+    assert problems == []
+    for row in rows:
+        assert_schema(row)
+    return rows
+
+
 def assert_schema(row):
     assert set(row) == set(COLUMNS)
     assert isinstance(row["idx"], str) and row["explanation"] == ""
@@ -33,10 +42,7 @@ def assert_schema(row):
 
 def test_vstar_rows_keep_the_authors_prompt(tmp_path):
     write_vstar(tmp_path, n=4)
-    rows, problems = rows_of("vstar", tmp_path)
-    assert problems == []
-    for row in rows:
-        assert_schema(row)
+    rows = clean_rows("vstar", tmp_path)
     first, second = rows[0], rows[1]
     assert first["idx"] == "0" and first["sub_task"] == "direct_attributes"
     assert first["question"] == "What is the color of the umbrella?"
@@ -93,10 +99,7 @@ def test_vstar_missing_question_file_raises_naming_it(tmp_path):
 
 def test_hrbench_rows_prompt_and_categories(tmp_path):
     write_hrbench(tmp_path, n=4, variant="4k")
-    rows, problems = rows_of("hrbench_4k", tmp_path)
-    assert problems == []
-    for row in rows:
-        assert_schema(row)
+    rows = clean_rows("hrbench_4k", tmp_path)
     assert [r["idx"] for r in rows] == ["100", "101", "102", "103"]
     assert [r["sub_task"] for r in rows] == ["FSP", "FCP", "FSP", "FCP"]
     assert [r["answer"] for r in rows] == ["(A)", "(B)", "(C)", "(D)"]
@@ -156,10 +159,7 @@ def test_hrbench_missing_column_or_file_raises_naming_it(tmp_path):
 
 def test_visualpuzzles_rows_with_listed_and_drawn_options(tmp_path):
     write_visualpuzzles(tmp_path, n=5)
-    rows, problems = rows_of("visualpuzzles", tmp_path)
-    assert problems == []
-    for row in rows:
-        assert_schema(row)
+    rows = clean_rows("visualpuzzles", tmp_path)
     assert [r["idx"] for r in rows] == ["1", "2", "3", "4", "5"]
     assert [r["sub_task"] for r in rows] == ["algorithmic", "analogical", "deductive", "inductive", "spatial"]
     assert [r["answer"] for r in rows] == ["(A)", "(B)", "(C)", "(D)", "(A)"]

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from amvl.data import benchmarks, records
-from amvl.data.blink import IMAGE_COLUMNS, as_decoded, checked_rows, decode_row
+from amvl.data.blink import IMAGE_COLUMNS, as_decoded, checked_rows, decode_row, read_batches
 from amvl.data.blink_local import HOW_TO_GET, SPLITS, SUBTASKS, split_files, subtask_dirs
 from amvl.errors import UserError
 
@@ -162,20 +162,23 @@ def format_summary(summary: dict) -> str:
 
 
 def questions(path: Path, per_subtask: int):
-    """The first `per_subtask` questions of each subtask of every split at `path`, images decoded."""
+    """The first `per_subtask` questions of each subtask of every split at `path`; only their
+    images are decoded (a UserError names the first problem of one)."""
     path, taken = Path(path), Counter()
     name = benchmarks.detect(path) if path.exists() else None
     if name:
-        checked = ((row, *decode_row(row, f"{path}: row idx={row['idx']}")) for row, _ in benchmarks.checked_rows(name, path))
-        sources = {name: [checked]}
+        sources = {name: [(row for row, _, _ in benchmarks.BENCHMARKS[name].iter_rows(path))]}
     else:
-        sources = {split: [checked_rows(file, split) for file in files] for split, files in split_files_in(path).items()}
+        sources = {
+            split: [(row for batch in read_batches(file) for row in batch.to_pylist()) for file in files]
+            for split, files in split_files_in(path).items()
+        }
     for split, readers in sources.items():
         for reader in readers:
-            for row, images, problems in reader:
+            for row in reader:
                 if taken[split, row["sub_task"]] < per_subtask:
                     taken[split, row["sub_task"]] += 1
-                    yield split, as_decoded(row, images, problems)
+                    yield split, as_decoded(row, *decode_row(row, f"{path}: row idx={row['idx']}", split))
 
 
 def released_processors():

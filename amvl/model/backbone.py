@@ -152,6 +152,25 @@ def check_attn_implementation(name: str) -> str:
 PRETRAINED_TYPES = ("qwen2_5_vl", "qwen2_vl")
 
 
+def pretrained_config(folder: Path, key: str = "model.pretrained_path") -> dict:
+    """The config.json of a Hugging Face Qwen2.5-VL / Qwen2-VL folder; UserError, naming `key`,
+    where the folder holds no such model."""
+    import json
+
+    config_file = Path(folder) / "config.json"
+    if not config_file.exists() or not any(Path(folder).glob("*.safetensors")):
+        raise UserError(
+            f"{key}: {folder} has no config.json and *.safetensors; put a local copy of "
+            "Qwen/Qwen2.5-VL-7B-Instruct (its Hugging Face repo, with tokenizer and preprocessor files) there"
+        )
+    config = json.loads(config_file.read_text())
+    if config.get("model_type") not in PRETRAINED_TYPES:
+        raise UserError(
+            f"{config_file}: model_type {config.get('model_type')!r}; amvl wraps {' or '.join(PRETRAINED_TYPES)}"
+        )
+    return config
+
+
 def load_pretrained(folder: Path, k: int, dtype=None, attn_implementation: str = "sdpa"):
     """A local Qwen2.5-VL / Qwen2-VL folder -> (backbone, tokenizer, image processor), with the
     2k slot tokens added to the tokenizer and both embedding tables. `dtype` is the training
@@ -160,21 +179,11 @@ def load_pretrained(folder: Path, k: int, dtype=None, attn_implementation: str =
     New rows start as the mean embedding plus noise of the table's own spread, rescaled to the
     table's mean norm: distinct from each other, and at the scale the decoder reads.
     """
-    import json
-
     import torch
     from transformers import AutoModelForImageTextToText
 
     folder = Path(folder)
-    config_file = folder / "config.json"
-    if not config_file.exists() or not any(folder.glob("*.safetensors")):
-        raise UserError(
-            f"model.pretrained_path: {folder} has no config.json and *.safetensors; put a local copy of "
-            "Qwen/Qwen2.5-VL-7B-Instruct (its Hugging Face repo, with tokenizer and preprocessor files) there"
-        )
-    model_type = json.loads(config_file.read_text()).get("model_type")
-    if model_type not in PRETRAINED_TYPES:
-        raise UserError(f"{config_file}: model_type {model_type!r}; amvl wraps {' or '.join(PRETRAINED_TYPES)}")
+    pretrained_config(folder)
     tokenizer, image_processor = load_processors(folder)
     backbone = AutoModelForImageTextToText.from_pretrained(
         folder, dtype=dtype or torch.float32, attn_implementation=check_attn_implementation(attn_implementation)

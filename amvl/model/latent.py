@@ -463,14 +463,9 @@ class LatentReasoner(nn.Module):
     def load_plain(cls, folder: Path, device="cpu", dtype: torch.dtype | None = None) -> "LatentReasoner":
         """A Hugging Face Qwen2.5-VL / Qwen2-VL folder as released (a base model evaluated zero-shot,
         or anyone's fine-tune): no slots, answers as BLINK writes them, in the folder's own dtype."""
-        from amvl.model.backbone import PRETRAINED_TYPES, load_processors
+        from amvl.model.backbone import load_processors, pretrained_config
 
-        config = json.loads((Path(folder) / "config.json").read_text())
-        if config.get("model_type") not in PRETRAINED_TYPES or not any(Path(folder).glob("*.safetensors")):
-            raise UserError(
-                f"{folder}: neither a model folder written by `amvl convert` nor a Hugging Face "
-                f"{' / '.join(PRETRAINED_TYPES)} folder (config.json and *.safetensors)"
-            )
+        config = pretrained_config(folder, key="--model (no amvl_config.json: not written by `amvl convert`)")
         stored = config.get("torch_dtype") or config.get("dtype") or config.get("text_config", {}).get("dtype")
         precision = "bf16" if stored == "bfloat16" else "fp32"
         backbone = AutoModelForImageTextToText.from_pretrained(folder, dtype=dtype or PRECISIONS[precision])
