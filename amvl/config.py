@@ -111,6 +111,16 @@ def check_runs(config: dict) -> dict:
         raise ConfigError("runs: every run is null; keep at least one")
     for run in config["runs"]:
         resolved = resolve_run(config, run)
+        start, seen = resolved["model"]["init_from"], [run]
+        while start:  # a chain of warm starts must end at a run that starts from scratch or pretrained
+            if start not in config["runs"] or start in seen:
+                problem = "no such run" if start not in config["runs"] else "a cycle"
+                known = ", ".join(config["runs"])
+                raise ConfigError(f"runs.{seen[-1]}.model.init_from: {start} ({problem}; runs: {known})")
+            if zero_shot(config, start):
+                raise ConfigError(f"runs.{seen[-1]}.model.init_from: {start} trains nothing; use its pretrained_path")
+            seen.append(start)
+            start = resolve_run(config, start)["model"]["init_from"]
         if resolved["objective"]["name"] == "none" and not resolved["model"]["pretrained_path"]:
             raise ConfigError(
                 f"runs.{run}.objective.name: none evaluates model.pretrained_path as it is; "
@@ -138,6 +148,9 @@ def resolve_run(config: dict, run: str) -> dict:
     base = {k: v for k, v in config.items() if k != "runs"}
     merged = validate(deep_merge(base, config["runs"][run]), prefix=f"runs.{run}")
     merged.pop("runs")  # the schema's default; a run has no runs of its own
+    if merged["model"]["init_from"]:  # a warm start: the other run's converted model, made in the same DAG
+        folder = f"models/{config['experiment']}/{merged['model']['init_from']}"
+        merged["model"] |= {"backbone": "pretrained", "pretrained_path": folder}
     return merged
 
 
@@ -149,7 +162,8 @@ def used_paths(config: dict) -> dict[str, str]:
         wanted.append(("data.blink_root", data["blink_root"]))
     # The base sections before the runs, so a value a run inherits is named by its own key.
     for prefix, resolved in [("", config), *((f"runs.{run}.", resolve_run(config, run)) for run in config["runs"])]:
-        if resolved["model"]["backbone"] == "pretrained" or resolved["objective"]["name"] == "none":
+        reads_weights = resolved["model"]["backbone"] == "pretrained" or resolved["objective"]["name"] == "none"
+        if reads_weights and not resolved["model"]["init_from"]:  # a warm start reads a folder this DAG makes
             wanted.append((f"{prefix}model.pretrained_path", resolved["model"]["pretrained_path"]))
         wanted.append((f"{prefix}train.deepspeed_config", resolved["train"]["deepspeed_config"]))
     wanted += [(f"benchmarks.{name}", root) for name, root in config["benchmarks"].items()]

@@ -41,6 +41,11 @@ class DiagGaussian:
         return DiagGaussian(self.mean.detach(), self.logvar.detach())
 
 
+def cat_gaussians(gaussians: list[DiagGaussian], dim: int) -> DiagGaussian:
+    """One Gaussian from several, concatenated along `dim` (0: examples, 1: slots)."""
+    return DiagGaussian(torch.cat([g.mean for g in gaussians], dim), torch.cat([g.logvar for g in gaussians], dim))
+
+
 def slot_kl(a: DiagGaussian, b: DiagGaussian) -> torch.Tensor:
     """KL(a || b) per example and slot, shape (batch, k), summed over d; in float32 even when the
     heads run in bf16, so small KLs do not round to zero."""
@@ -83,13 +88,14 @@ class KLObjective:
     `latents` tells the model what fills the slots while training: "posterior" (Z ~ q),
     "prior_mean" (latent_det), "pause" (learned pause embeddings) or "none" (no slots).
     `free_bits` floors each slot's batch-mean KL in the loss (the logged KLs are the real ones):
-    below the floor a term has no gradient.
+    below the floor a term has no gradient. `rationale_weight` weighs the model's per-slot
+    rationale loss (each slot's latent made to name its step of the rationale), when it gives one.
     """
 
     def __init__(self, terms: set[str], beta: Schedule, gamma: Schedule, slot_reduction="mean", latents="posterior",
-                 free_bits: float = 0.0):  # fmt: skip
+                 free_bits: float = 0.0, rationale_weight: float = 0.0):  # fmt: skip
         self.terms, self.beta, self.gamma, self.slot_reduction = terms, beta, gamma, slot_reduction
-        self.latents, self.free_bits = latents, free_bits
+        self.latents, self.free_bits, self.rationale_weight = latents, free_bits, rationale_weight
 
     def kl(self, a: DiagGaussian, b: DiagGaussian) -> tuple[torch.Tensor, torch.Tensor]:
         """(KL(a || b) as logged, the same as the loss counts it: each slot floored at free_bits)."""
@@ -104,10 +110,14 @@ class KLObjective:
         """What the slots hold at inference: inj(Z) from the prior, pause embeddings, or nothing."""
         return {"posterior": "latent", "prior_mean": "latent"}.get(self.latents, self.latents)
 
-    def __call__(self, ntp_loss: torch.Tensor, prior: DiagGaussian | None, posterior: DiagGaussian | None, step: int):
+    def __call__(self, ntp_loss, prior: DiagGaussian | None, posterior: DiagGaussian | None, step: int,
+                 rationale_loss=None):  # fmt: skip
         beta, gamma = self.beta(step), self.gamma(step)
         out = {"ntp": ntp_loss, "beta": torch.tensor(beta), "gamma": torch.tensor(gamma)}
         loss = ntp_loss
+        if rationale_loss is not None and self.rationale_weight:
+            out["rationale"] = rationale_loss
+            loss = loss + self.rationale_weight * rationale_loss
         # term -> (a, b, weight) of KL(a || b); sg[.] is detach: which head each term trains
         for term, pair in (("joint", lambda: (posterior, prior, beta)),
                            ("forward", lambda: (posterior.detach(), prior, beta)),
@@ -141,7 +151,8 @@ OBJECTIVES = {
 }
 
 
-def build_objective(name: str, beta=None, gamma=None, kl_slot_reduction: str = "mean", free_bits: float = 0.0) -> KLObjective:
+def build_objective(name: str, beta=None, gamma=None, kl_slot_reduction: str = "mean", free_bits: float = 0.0,
+                    rationale_weight: float = 0.0) -> KLObjective:  # fmt: skip
     """The objective `name` (see OBJECTIVES) with beta/gamma schedules given as dicts or Schedules.
 
     `amvl_reverse_first` takes the same schedules as `amvl` and swaps their start steps.
@@ -154,4 +165,4 @@ def build_objective(name: str, beta=None, gamma=None, kl_slot_reduction: str = "
     if name == "amvl_reverse_first":
         beta, gamma = _swap_starts(beta, gamma)
     terms, latents = OBJECTIVES[name]
-    return KLObjective(terms, beta, gamma, kl_slot_reduction, latents, free_bits)
+    return KLObjective(terms, beta, gamma, kl_slot_reduction, latents, free_bits, rationale_weight)

@@ -212,3 +212,19 @@ if __name__ == "__main__":  # rewrite tests/pinned_configs.json from the configs
     pinned = {name: config.load(REPO / "config" / f"{name}.yaml") for name in json.loads(PINNED.read_text())}
     PINNED.write_text(json.dumps(pinned, indent=1) + "\n")
     print(f"wrote {PINNED}")
+
+
+def test_a_warm_start_names_a_run_of_the_same_dag(tmp_path):
+    extra = tmp_path / "extra.yaml"
+    extra.write_text("runs:\n  cot: {objective: {name: ntp}}\n  latent: {model: {init_from: cot}}\n")
+    loaded = config.load(REPO / "config" / "config.yaml", extra)
+    model = config.resolve_run(loaded, "latent")["model"]
+    assert model["backbone"] == "pretrained" and model["pretrained_path"] == "models/default/cot"
+    config.check_paths(loaded)  # made by the DAG: not required to exist when planning
+    for runs, message in [
+        ("  latent: {model: {init_from: cotx}}\n", r"runs.latent.model.init_from: cotx \(no such run"),
+        ("  a: {model: {init_from: b}}\n  b: {model: {init_from: a}}\n", r"init_from: .* \(a cycle"),
+    ]:
+        extra.write_text("runs:\n" + runs)
+        with pytest.raises(ConfigError, match=message):
+            config.load(REPO / "config" / "config.yaml", extra)

@@ -12,24 +12,25 @@ from amvl.model.latent import wrap_backbone
 from amvl.objectives import DiagGaussian, build_objective
 
 
-@pytest.mark.parametrize("hops", [0, 1, 2, 3])
-def test_pointer_chasing_follows_the_colour_code(hops):
+@pytest.mark.parametrize("hops", [1, 2, 3, 4])
+def test_pointer_chasing_follows_the_arrows_drawn(hops):
     rows = synthetic.generate(f"Pointer_{hops}hop", "train", 40, seed=0, image_size=84)
     names, by_rgb = list(synthetic.POINTER_COLORS), {rgb: n for n, rgb in synthetic.POINTER_COLORS.items()}
+    by_rgb[synthetic.GREY] = "grey"
     for row in rows:
         pixels = row["image_1"].load()
-        centres = [pixels[c * 28 + 14, r * 28 + 14] for r in range(3) for c in range(3)]
-        assert centres[8] == synthetic.GREY  # nothing points to the ninth cell
-        colour_of = [names.index(by_rgb[rgb]) for rgb in centres[:8]]  # each cell's colour, read back
-        cell, passed = 0, []
+        cells = [(c * 28, r * 28 + 14) for r in range(3) for c in range(3)]
+        halves = [(pixels[x + 7, y], pixels[x + 21, y]) for x, y in cells]
+        arrows = {by_rgb[key]: by_rgb[target] for key, target in halves}  # read back from the pixels
+        assert sorted(arrows) == sorted(names + ["grey"]) and all(k != v for k, v in arrows.items())
+        passed = ["grey"]
         for _ in range(hops):
-            passed.append(colour_of[cell])
-            cell = colour_of[cell]
-        answer = colour_of[cell]
-        assert row["choices"] == names and row["answer"] == f"({'ABCDEFGH'[answer]})"
-        assert answer not in passed  # a hop short, or a colour read on the way, is a wrong answer
-        assert row["explanation"].endswith(f"cell {cell + 1} is {names[answer]}.")
-        assert row["explanation"].count("go to cell") == hops
+            passed.append(arrows[passed[-1]])
+        colour = passed[-1]
+        assert row["choices"] == names and row["answer"] == f"({'ABCDEFGH'[names.index(colour)]})"
+        assert len(set(passed)) == hops + 1  # stopping a hop short is a wrong answer
+        steps = [f"{a} points to {b}." for a, b in zip(passed, passed[1:-1])]
+        assert row["explanation"] == " ".join(steps) and colour not in row["explanation"]
     assert sorted({r["answer"] for r in rows}) == [f"({x})" for x in "ABCDEFGH"]
 
 
@@ -130,3 +131,57 @@ def test_the_report_answers_the_three_questions_from_the_numbers():
     assert "amvl 61.0 ± 0.8 vs ntp 41.0 ± 0.8: above by more than 2 sd" in text
     assert "amvl 61.0 ± 0.8 vs elbo 59.0 ± 0.8: above by more than 2 sd" in text
     assert science_blocks({"ntp": metrics(0.4)}) == []  # nothing with latents: no section
+
+
+def test_sequential_slots_read_only_the_slots_before_them(pointer):
+    rows, tokenizer, image_processor = pointer
+    batch = collate([encode(r, tokenizer, image_processor, "letter_and_option") for r in rows])
+    model = model_for(tokenizer, sequential_slots=True)
+    z = torch.randn(len(rows), 4, 16, generator=torch.Generator().manual_seed(0))
+    changed = z.clone()
+    changed[:, 1] += 3.0  # slot 2's latent
+    first, second = model.think(batch, z=z).prior, model.think(batch, z=changed).prior
+    same = [torch.allclose(first.mean[:, t], second.mean[:, t]) for t in range(4)]
+    assert same == [True, True, False, False]  # slots 1-2 read x and Z_<t only; slots 3-4 read slot 2
+    # One-pass slots are side by side: no slot's prior reads any latent.
+    one_pass = model_for(tokenizer)
+    assert torch.equal(one_pass.think(batch, z=z).prior.mean, one_pass.think(batch, z=changed).prior.mean)
+
+
+def test_sequential_prior_in_training_is_the_one_inference_rolls_out(pointer):
+    rows, tokenizer, image_processor = pointer
+    batch = collate([encode(r, tokenizer, image_processor, "letter_and_option") for r in rows])
+    model = model_for(tokenizer, sequential_slots=True)
+    with torch.no_grad():
+        rolled = model(batch, latents="prior_mean", decode=False)["prior"]  # latent_det's training roll-out
+        thought = model.think(batch, tau=0.0)
+        teacher_forced = model(batch, latents="posterior", decode_from="posterior")
+    assert torch.allclose(rolled.mean, thought.prior.mean, atol=1e-5)
+    assert teacher_forced["prior"].mean.shape == rolled.mean.shape
+    # Teacher forced, prior_1 reads x alone: the same as rolled out; later slots read q's Z_<t.
+    assert torch.allclose(teacher_forced["prior"].mean[:, 0], rolled.mean[:, 0], atol=1e-5)
+    assert not torch.allclose(teacher_forced["prior"].mean[:, 1:], rolled.mean[:, 1:], atol=1e-5)
+
+
+def test_rationale_loss_trains_each_slot_towards_its_step(pointer):
+    rows, tokenizer, image_processor = pointer
+    examples = [encode(r, tokenizer, image_processor, "letter_and_option") for r in rows]
+    # Pointer_2hop: one step, "grey points to X.": slot 1 names X, the other slots are not scored
+    for example, row in zip(examples, rows):
+        assert tokenizer.decode(example.step_ids[0]).strip() == row["explanation"].split()[-1].rstrip(".")
+    assert all(len(e.step_ids) == 1 for e in examples)
+    batch = collate(examples)
+    cfg = Section(validate({"model": {"vocab_size": 400}, "objective": {"rationale_weight": 1.0}}))
+    backbone = build_small_qwen(cfg.model, tokenizer)
+    vocab = backbone.get_input_embeddings().num_embeddings
+    model = wrap_backbone(backbone, tokenizer, cfg.model, rationale_vocab=vocab)
+    objective = build_objective("amvl", rationale_weight=1.0)
+    out = model(batch)
+    terms = objective(out["ntp_loss"], out["prior"], out["posterior"], 0, out["rationale_loss"])
+    assert torch.isclose(terms["loss"], terms["ntp"] + terms["rationale"])  # beta and gamma are 0 by default
+    terms["rationale"].backward()
+    assert model.posterior_head.proj.weight.grad.abs().sum() > 0  # it trains the latents the decoder reads
+    assert model.prior_head.proj.weight.grad is None or model.prior_head.proj.weight.grad.abs().sum() == 0
+    without_steps = collate(examples)
+    without_steps["step_ids"] = [[] for _ in examples]
+    assert model(without_steps)["rationale_loss"].item() == 0.0

@@ -122,6 +122,16 @@ def test_bad_config_stops_snakemake_with_one_line(smoke_project, tmp_path):
     assert errors == [f"config error: train.stepz: unknown key (allowed: {allowed})"]
 
 
+def test_a_warm_started_run_trains_after_the_run_it_starts_from(tmp_path):
+    """model.init_from: the run's train job needs the other run's converted model, so Snakemake
+    plans both chains, though that folder does not exist yet."""
+    project = copy_project(tmp_path)
+    extra = tmp_path / "warm.yaml"
+    extra.write_text("runs:\n  cot: {objective: {name: ntp}}\n  latent: {model: {init_from: cot}}\n")
+    plan = planned(project, "models/smoke/latent", "--configfile", "config/smoke.yaml", str(extra))
+    assert plan == {"prepare": 1, "train": 2, "convert": 2}
+
+
 def test_lint_is_clean(tmp_path):
     project = copy_project(tmp_path)
     result = run_tool(["snakemake", "--lint"], cwd=project)

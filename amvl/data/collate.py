@@ -8,6 +8,7 @@ option's text (`model.answer_format`), then `<|im_end|>`.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import torch
@@ -27,6 +28,7 @@ class Example:
     choice_ids: list[list[int]]  # every option's answer, in letter order; [] without choices
     answer_index: int  # -1 without choices or with a hidden answer
     rationale_ids: list[int]  # the row's explanation, what a privileged posterior reads before y; [] without one
+    step_ids: list[list[int]]  # each rationale step's result, what slot t's rationale readout names (`rationale_steps`)
     pixel_values: torch.Tensor  # (patches, channels * temporal * patch * patch)
     image_grid_thw: torch.Tensor  # (images, 3)
 
@@ -80,6 +82,13 @@ def targets(row: dict, tokenizer, answer_format: str = "letter") -> tuple[list[i
     return answer_ids, choice_ids, answer_index
 
 
+def rationale_steps(tokenizer, explanation: str) -> list[list[int]]:
+    """A rationale's steps are its sentences, and a step's result is the sentence's last word
+    (pointer chasing: "red points to blue." -> "blue"): the tokens of each, in order."""
+    sentences = [s.split() for s in re.split(r"[.;]", explanation or "") if s.strip()]
+    return [tokenizer(" " + words[-1]).input_ids for words in sentences]
+
+
 def encode(row: dict, tokenizer, image_processor, answer_format: str = "letter", size: dict | None = None) -> Example:
     """`size` ({shortest_edge, longest_edge}: min and max pixels per image) overrides the image
     processor's own (amvl/data/budget.py resizes an example down to its token limit with it)."""
@@ -94,6 +103,7 @@ def encode(row: dict, tokenizer, image_processor, answer_format: str = "letter",
         choice_ids=choice_ids,
         answer_index=answer_index,
         rationale_ids=tokenizer(row["explanation"] + " ").input_ids if row.get("explanation") else [],
+        step_ids=rationale_steps(tokenizer, row.get("explanation")),
         pixel_values=pixels["pixel_values"],
         image_grid_thw=grids,
     )
@@ -110,6 +120,7 @@ def collate(examples: list[Example]) -> dict:
         "prompt_ids": [e.prompt_ids for e in examples],
         "answer_ids": [e.answer_ids for e in examples],
         "rationale_ids": [e.rationale_ids for e in examples],
+        "step_ids": [e.step_ids for e in examples],
         "pixel_values": torch.cat([e.pixel_values for e in examples]),
         "image_grid_thw": torch.cat([e.image_grid_thw for e in examples]),
         "images_per_example": [len(e.image_grid_thw) for e in examples],

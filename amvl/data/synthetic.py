@@ -17,9 +17,9 @@ Everything is a function of the seed.
 | IQ_Test           | 1      | 3       | 33%    | the period (2 or 3) of a colour cycle, then the | 2, shortcut  |
 |                   |        |         |        | colour of the last cell; the majority colour is |              |
 |                   |        |         |        | a shortcut that holds for period 2 only         |              |
-| Pointer_<h>hop    | 1      | 8       | 12.5%  | a 3x3 grid whose colours point to cells; follow | h + 1 reads, |
-| (h = 0..3)        |        |         |        | h pointers from the top-left cell, name the     | h cells on   |
-|                   |        |         |        | colour reached (the rationale lists the cells)  | the way      |
+| Pointer_<h>hop    | 1      | 8       | 12.5%  | nine "colour -> colour" cells; follow h arrows  | h lookups,   |
+| (h = 1..4)        |        |         |        | from the grey cell (the rationale lists the     | h - 1 on the |
+|                   |        |         |        | colours passed)                                 | way          |
 
 Every row carries its rationale (the intermediate results) in `explanation` in the train split,
 as BLINK rows carry one; the val split leaves it empty.
@@ -197,8 +197,12 @@ def iq_test(rng, image_size, answer_index):
     )
 
 
-# Pointer chasing: eight colours; colour j points to cell j of the 3x3 grid in reading order.
-# The ninth cell (bottom right) is grey: a colour names no cell there, so nothing points to it.
+# Pointer chasing: nine cells of a 3x3 grid, each showing a key colour in its left half and the
+# colour it points to in its right half, so following a pointer is finding a cell by its content.
+# The grey cell is the start. (A first design pointed to cells by position, colour j -> cell j;
+# the small model never learned to find a cell by position, the vision tower having no absolute
+# position embedding. A second named the start colour in the question; matching a word to a
+# colour in the image, and the image back to a word, was not learned from answers in 1,500 steps.)
 POINTER_COLORS = {
     "red": (220, 40, 40), "blue": (40, 70, 220), "green": (40, 170, 60), "yellow": (230, 200, 40),
     "magenta": (200, 50, 200), "cyan": (40, 200, 210), "orange": (240, 130, 30), "black": (30, 30, 30),
@@ -207,39 +211,41 @@ POINTER_GRID, GREY = 3, (150, 150, 150)
 
 
 def pointer_chasing(rng, image_size, answer_index, hops: int):
-    """A 3x3 grid of coloured cells; a cell's colour names the cell it points to (colour j ->
-    cell j, a fixed code the model learns). Start at the top-left cell, follow `hops` pointers:
-    which colour is the cell reached? The options are the eight colours in a fixed order, so the
-    answer's letter is its colour (no second step of finding which letter holds it, which a
-    small model does not learn: synthetic Counting's note). The cells passed on the way are
-    intermediate results that are not the answer: no colour read on the way is the answer, so
-    stopping a hop short (or reading the start cell) is wrong."""
+    """The grey cell points to a colour, and each of the eight colours to another (a random map
+    without fixed points), drawn as nine shuffled "key | target" cells. Start at grey and follow
+    `hops` arrows: which colour is reached? One hop is reading the grey cell (the curriculum's
+    first step); each further hop finds the cell whose key is the colour just read. The options
+    are the eight colours in a fixed order, so the answer's letter is its colour (no second step
+    of finding which letter holds it, which a small model does not learn: synthetic Counting's
+    note). The colours passed on the way are intermediate results that are not the answer (the
+    chain visits distinct colours, so stopping a hop short is wrong). The rationale lists the
+    hops before the last, so it never names the answer (a posterior reading it learns no shortcut)."""
     if image_size < POINTER_GRID * CELL:
         raise ValueError(f"pointer chasing needs images of at least {POINTER_GRID * CELL} pixels")
     names = list(POINTER_COLORS)
-    while True:  # random pointers; the chain from cell 0 visits hops + 1 distinct cells, and the
-        # answer is none of the colours read on the way (those name the chain's later cells)
-        colour_of = [int(c) for c in rng.integers(len(names), size=len(names))]
-        chain = [0]
-        for _ in range(hops):
-            chain.append(colour_of[chain[-1]])
-        colour_of[chain[-1]] = answer_index
-        if len(set(chain)) == len(chain) and answer_index not in chain[1:]:
+    while True:
+        target = [int(rng.integers(len(names) - 1)) for _ in names]
+        target = [t + (t >= key) for key, t in enumerate(target)]  # never itself
+        chain = [int(rng.integers(len(names)))]  # what grey points to
+        for _ in range(hops - 1):
+            chain.append(target[chain[-1]])
+        if len(set(chain)) == len(chain) and chain[-1] == answer_index:
             break
-    grid = {(i // POINTER_GRID, i % POINTER_GRID): POINTER_COLORS[names[c]] for i, c in enumerate(colour_of)}
-    grid[(POINTER_GRID - 1, POINTER_GRID - 1)] = GREY
-    steps = "".join(f"cell {c + 1} is {names[colour_of[c]]}, so go to cell {colour_of[c] + 1}; " for c in chain[:-1])
-    question = "Which colour is the top-left cell?"  # 0 hops: the curriculum's first step, reading a cell
-    if hops:
-        question = (
-            f"Start at the top-left cell and follow the colour pointers {hops} time{'s' if hops > 1 else ''}. "
-            "Which colour is the cell you reach?"
-        )
+    arrows = [(GREY, POINTER_COLORS[names[chain[0]]])]
+    arrows += [(POINTER_COLORS[names[key]], POINTER_COLORS[names[target[key]]]) for key in range(len(names))]
+    pixels = np.full((image_size, image_size, 3), BACKGROUND, dtype=np.uint8)
+    half, margin = CELL // 2, 2
+    for place, (key, points_to) in zip(rng.permutation(POINTER_GRID**2), arrows):
+        top, left = (place // POINTER_GRID) * CELL + margin, (place % POINTER_GRID) * CELL
+        pixels[top : top + CELL - 2 * margin, left + margin : left + half] = key
+        pixels[top : top + CELL - 2 * margin, left + half : left + CELL - margin] = points_to
+    passed = ["grey"] + [names[c] for c in chain]
     return dict(
-        question=question,
+        question=f"Start at the grey cell and follow the arrows {hops} time{'s' if hops > 1 else ''}. "
+        "Which colour do you reach?",
         choices=names,
-        images=[draw_cells(image_size, grid)],
-        explanation=f"{steps}cell {chain[-1] + 1} is {names[answer_index]}.",
+        images=[Image.fromarray(pixels)],
+        explanation=" ".join(f"{a} points to {b}." for a, b in zip(passed, passed[1:-1])),
     )
 
 
@@ -251,7 +257,7 @@ SUBTASKS: dict[str, tuple[Callable, int]] = {
     "Relative_Depth": (relative_depth, 2),
     "Jigsaw": (jigsaw, 2),
     "IQ_Test": (iq_test, 3),
-    **{f"Pointer_{hops}hop": (functools.partial(pointer_chasing, hops=hops), 8) for hops in (0, 1, 2, 3)},
+    **{f"Pointer_{hops}hop": (functools.partial(pointer_chasing, hops=hops), 8) for hops in (1, 2, 3, 4)},
 }
 
 

@@ -23,7 +23,7 @@ import functools
 import torch
 
 from amvl.data.collate import Example, collate
-from amvl.objectives import DiagGaussian, gaussian_kl
+from amvl.objectives import cat_gaussians, gaussian_kl
 
 
 def chunks(items, size: int):
@@ -49,8 +49,7 @@ def latents(model, examples: list[Example], batch_size: int, answers: list[list[
         out = model(collate(chunk), latents="posterior", decode=False)
         priors.append(out["prior"])
         posteriors.append(out["posterior"])
-    cat = lambda gs: DiagGaussian(torch.cat([g.mean for g in gs]), torch.cat([g.logvar for g in gs]))  # noqa: E731
-    return {"prior": cat(priors), "posterior": cat(posteriors)}
+    return {"prior": cat_gaussians(priors, dim=0), "posterior": cat_gaussians(posteriors, dim=0)}
 
 
 @torch.no_grad()

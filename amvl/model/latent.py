@@ -31,7 +31,7 @@ from transformers.cache_utils import Cache, DynamicLayer
 from amvl.distributed import PRECISIONS
 from amvl.errors import UserError
 from amvl.model.backbone import IM_END, slot_tokens
-from amvl.objectives import DiagGaussian
+from amvl.objectives import DiagGaussian, cat_gaussians
 
 LATENT_WEIGHTS = "latent_modules.safetensors"
 LATENT_CONFIG = "amvl_config.json"
@@ -63,6 +63,10 @@ class LatentConfig:
     answer_format: str = "letter"  # how answers were written in training (amvl.data.collate.ANSWER_FORMATS)
     precision: str = "fp32"  # train.precision: the dtype evaluation loads the model in by default
     attn_implementation: str = "sdpa"  # model.attn_implementation, which evaluation uses too
+    # model.sequential_slots: slot t's prior is read after inj(Z_<t), one pass a slot (depth), not
+    # at k placeholder slots filled side by side in one pass (width)
+    sequential: bool = False
+    rationale_vocab: int = 0  # > 0: a per-slot rationale readout Z_t -> vocabulary (objective.rationale_weight)
 
 
 class GaussianHead(nn.Module):
@@ -184,6 +188,8 @@ class LatentReasoner(nn.Module):
         self.injector = LatentInjector(cfg.d, hidden_size, cfg.embed_norm)
         for module in (self.prior_head, self.posterior_head, self.injector):
             module.proj.to(backbone.dtype)  # a bf16 backbone: weights in bf16, as DeepSpeed's bf16 casts them
+        if cfg.rationale_vocab:  # Z_t -> the tokens of rationale step t; made only when used
+            self.rationale_head = nn.Linear(cfg.d, cfg.rationale_vocab).to(backbone.dtype)
         # Encode x once and let both training passes continue from its key/value cache. Off only
         # to check that it changes nothing (tests) or to compare costs (benchmarks).
         self.reuse_prefix_cache = True
@@ -264,10 +270,24 @@ class LatentReasoner(nn.Module):
         return out.last_hidden_state
 
     def with_latents(self, layout: Layout, embeds: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """The decode-pass input: the slot embeddings replaced by inj(Z)."""
+        """The decode-pass input: the first z.shape[1] slot embeddings replaced by inj(Z)."""
         injected = embeds.clone()
-        injected[:, layout.slots] = self.injector(z).to(embeds.dtype)
+        injected[:, layout.prefix_len : layout.prefix_len + z.shape[1]] = self.injector(z).to(embeds.dtype)
         return injected
+
+    def roll_out(self, layout, embeds, positions, images, x_last, start, x_cache, draw):
+        """Sequential slots: the prior of slot t is read from the column before it, after x and
+        inj(Z_<t) (x's last column for the first), and Z_t = draw(prior_t); one pass a slot, so
+        slot t has the depth of t passes. Returns Z and the priors, (B, k, d) each."""
+        state, draws, priors = x_last, [], []
+        for t in range(layout.k):
+            priors.append(self.prior_head(state[:, None]))
+            draws.append(draw(priors[-1]))
+            if t + 1 < layout.k:
+                slot_embeds = self.with_latents(layout, embeds, torch.cat(draws, 1))
+                cache = PassCache.after(x_cache) if x_cache is not None else None
+                state = self.run(layout, slot_embeds, positions, images, layout.prefix_len + t + 1, start, cache)[:, -1]
+        return torch.cat(draws, 1), cat_gaussians(priors, dim=1)
 
     def answer_log_probs(self, hidden: torch.Tensor, layout: Layout, start: int = 0) -> torch.Tensor:
         """Log-probability of each answer token (flattened over the batch) given what precedes it;
@@ -293,17 +313,19 @@ class LatentReasoner(nn.Module):
         """L_ntp(y | x, Z) with Z from `latents`: "posterior" (Z ~ q, the variational objectives),
         "prior_mean" (latent_det), "pause" or "none" (no Z). Returns the loss, prior and posterior
         (with `decode=False` only the latter two: the variational pass alone). `decode_from="prior"`
-        decodes a variational objective's step from Z ~ p instead (train.prior_decode_fraction)."""
+        decodes a variational objective's step from Z ~ p instead (train.prior_decode_fraction).
+        With sequential slots the prior is read after the posterior's Z_<t in the decode pass (the
+        prior given the prior's own Z_<t, its mean, with `decode=False` or from "prior_mean")."""
         suffix = latents == "posterior" and self.cfg.posterior_layout == "suffix"
         slot_ids = [] if latents == "none" else list(self.cfg.prior_slot_ids)
-        # A privileged posterior reads the rationale before y in the variational pass; the decode
-        # pass then has a layout of its own, with y alone after the slots.
+        # A privileged posterior reads the rationale before y in the variational pass (a row
+        # without one: nothing but x); the decode pass then has a layout of its own, y alone after the slots.
         privileged = latents == "posterior" and self.cfg.posterior_input != "answer"
         seen = batch["answer_ids"]
-        if privileged:  # a row without a rationale shows the answer
+        if privileged:
             rationales = batch.get("rationale_ids") or [[]] * len(seen)
             with_answer = self.cfg.posterior_input == "rationale_and_answer"
-            seen = [r + a if with_answer or not r else r for r, a in zip(rationales, batch["answer_ids"])]
+            seen = [r + a if with_answer else r for r, a in zip(rationales, batch["answer_ids"])]
         layout = self.layout(batch["prompt_ids"], seen, slot_ids, self.cfg.posterior_slot_ids if suffix else None)
         images, embeds, positions = self.inputs(layout, batch)
         if latents in ("pause", "none"):  # one pass, nothing to infer
@@ -311,20 +333,31 @@ class LatentReasoner(nn.Module):
             return {"ntp_loss": -self.answer_log_probs(hidden, layout).mean(), "prior": None, "posterior": None}
 
         # Variational pass over [x | P | y | Q]: P sees x only (prior), Q sees x and y (posterior).
-        x_end, start, x_cache, cache = layout.prefix_len, 0, None, None
+        x_end, start, x_cache, cache, sequential = layout.prefix_len, 0, None, None, self.cfg.sequential
         if self.reuse_prefix_cache:
             x_cache, start = PassCache(), x_end
-            self.run(layout, embeds, positions, images, stop=x_end, cache=x_cache)
+            x_last = self.run(layout, embeds, positions, images, stop=x_end, cache=x_cache)[:, -1]
             cache = PassCache.after(x_cache)
-        stop = layout.slots.stop if latents == "prior_mean" else layout.ids.shape[1]
-        hidden = self.run(layout, embeds, positions, images, stop=stop, start=start, cache=cache)
-        prior = self.prior_head(hidden[:, x_end - start : x_end - start + layout.k])
-        posterior = self.posterior(hidden, layout, start) if latents == "posterior" else None
+        elif sequential:
+            x_last = self.run(layout, embeds, positions, images, stop=x_end)[:, -1]
+        prior = posterior = None
+        if latents == "posterior" or not sequential:
+            stop = layout.slots.stop if latents == "prior_mean" else layout.ids.shape[1]
+            hidden = self.run(layout, embeds, positions, images, stop=stop, start=start, cache=cache)
+            if not sequential:
+                prior = self.prior_head(hidden[:, x_end - start : x_end - start + layout.k])
+            if latents == "posterior":
+                posterior = self.posterior(hidden, layout, start)
+        pick = {"prior_mean": lambda p: p.mean, "prior": lambda p: p.sample()}
+        source = "prior_mean" if latents == "prior_mean" or (sequential and not decode) else decode_from
+        if sequential and source in pick:
+            z, prior = self.roll_out(layout, embeds, positions, images, x_last, start, x_cache, pick[source])
         if not decode:
             return {"prior": prior, "posterior": posterior}
 
         # Decode pass over [x | inj(Z) | y], continuing from x's cache (same position ids).
-        z = prior.mean if posterior is None else prior.sample() if decode_from == "prior" else posterior.sample()
+        if not sequential or source not in pick:
+            z = prior.mean if posterior is None else prior.sample() if source == "prior" else posterior.sample()
         if privileged:
             layout = self.layout(batch["prompt_ids"], batch["answer_ids"], slot_ids)
             _, embeds, positions = self.inputs(layout, batch, images)
@@ -337,8 +370,22 @@ class LatentReasoner(nn.Module):
             start=start,
             cache=PassCache.after(x_cache) if x_cache is not None else None,
         )
+        if prior is None:  # sequential, Z from q: prior_t from the column before slot t, after x and Z_<t
+            before = decoded[:, x_end - start : x_end - start + layout.k - 1]
+            prior = self.prior_head(torch.cat([x_last[:, None], before], 1))
         ntp_loss = -self.answer_log_probs(decoded, layout, start).mean()
-        return {"ntp_loss": ntp_loss, "prior": prior, "posterior": posterior}
+        out = {"ntp_loss": ntp_loss, "prior": prior, "posterior": posterior}
+        if self.cfg.rationale_vocab:  # the latents the decoder read (samples: a wide q cannot hide behind its mean)
+            out["rationale_loss"] = self.rationale_loss(z, batch)
+        return out
+
+    def rationale_loss(self, z: torch.Tensor, batch: dict) -> torch.Tensor:
+        """Cross-entropy from each slot's latent to the tokens of its rationale step (slot t to
+        step t, `Example.step_ids`); slots past a row's last step are not scored."""
+        log_probs = torch.log_softmax(self.rationale_head(z.to(self.rationale_head.weight.dtype)).float(), -1)
+        steps = [(i, t, ids) for i, row in enumerate(batch["step_ids"]) for t, ids in enumerate(row[: z.shape[1]])]
+        scores = [log_probs[i, t, ids].mean() for i, t, ids in steps]
+        return -torch.stack(scores).mean() if scores else log_probs.sum() * 0
 
     # ---- inference: the prior only ------------------------------------------------------------
     @torch.no_grad()
@@ -347,7 +394,16 @@ class LatentReasoner(nn.Module):
         layout = self.layout(batch["prompt_ids"], None, self.slot_ids())
         images, embeds, positions = self.inputs(layout, batch)
         cache, x_end, prior = DynamicCache(), layout.prefix_len, None
-        if self.cfg.slot_kind == "latent":
+        if self.cfg.slot_kind == "latent" and self.cfg.sequential:  # slot by slot, each read after Z_<t
+            state, draws, priors = self.run(layout, embeds, positions, images, stop=x_end, cache=cache)[:, -1], [], []
+            for t in range(layout.k):
+                priors.append(self.prior_head(state[:, None]))
+                draws.append(priors[-1].sample(tau) if z is None else z[:, t : t + 1])
+                embeds = self.with_latents(layout, embeds, torch.cat(draws, 1))
+                hidden = self.run(layout, embeds, positions, images, x_end + t + 1, x_end + t, cache)
+                state = hidden[:, -1]
+            prior = cat_gaussians(priors, dim=1)
+        elif self.cfg.slot_kind == "latent":
             self.run(layout, embeds, positions, images, stop=x_end, cache=cache)
             prior = self.prior_head(self.run(layout, embeds, positions, images, layout.slots.stop, x_end, cache))
             cache.crop(-layout.k)
@@ -479,9 +535,11 @@ class LatentReasoner(nn.Module):
         return cls(backbone, cfg).to(device)
 
 
-def wrap_backbone(backbone, tokenizer, model_cfg, slot_kind: str = "latent", precision: str = "fp32") -> LatentReasoner:
+def wrap_backbone(backbone, tokenizer, model_cfg, slot_kind: str = "latent", precision: str = "fp32",
+                  rationale_vocab: int = 0) -> LatentReasoner:  # fmt: skip
     """Add the latent slots, heads and injector of the `model` config section to a backbone;
-    `slot_kind` comes from the objective and `precision` from training (see LatentConfig)."""
+    `slot_kind` comes from the objective, `precision` from training and `rationale_vocab` (a
+    rationale readout's vocabulary, 0 for none) from objective.rationale_weight (see LatentConfig)."""
     prior_tokens, posterior_tokens = slot_tokens(model_cfg.latent_slots)
     ids = tokenizer.convert_tokens_to_ids(prior_tokens + posterior_tokens)
     if tokenizer.unk_token_id is not None and tokenizer.unk_token_id in ids:
@@ -504,6 +562,8 @@ def wrap_backbone(backbone, tokenizer, model_cfg, slot_kind: str = "latent", pre
         answer_format=model_cfg.answer_format,
         precision=precision,
         attn_implementation=model_cfg.attn_implementation,
+        sequential=model_cfg.sequential_slots,
+        rationale_vocab=rationale_vocab,
     )
     return LatentReasoner(backbone, cfg)
 

@@ -4,6 +4,8 @@ rule train:
     input:
         train=f"{DATA}/train.parquet",
         deepspeed=lambda w: amvl_config.resolve_run(config, w.run)["train"]["deepspeed_config"],
+        # model.init_from: the run it starts from is trained and converted first
+        warm_start=lambda w: warm_start(w.run),
     output:
         f"runs/{EXP}/{{run}}/train_summary.json",
     params:
