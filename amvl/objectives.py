@@ -89,13 +89,16 @@ class KLObjective:
     "prior_mean" (latent_det), "pause" (learned pause embeddings) or "none" (no slots).
     `free_bits` floors each slot's batch-mean KL in the loss (the logged KLs are the real ones):
     below the floor a term has no gradient. `rationale_weight` weighs the model's per-slot
-    rationale loss (each slot's latent made to name its step of the rationale), when it gives one.
+    rationale loss (each slot's latent made to name its step of the rationale), when it gives one,
+    and `rationale_prior_weight` the same loss read from the prior's means.
     """
 
     def __init__(self, terms: set[str], beta: Schedule, gamma: Schedule, slot_reduction="mean", latents="posterior",
-                 free_bits: float = 0.0, rationale_weight: float = 0.0):  # fmt: skip
+                 free_bits: float = 0.0, rationale_weight: float = 0.0,
+                 rationale_prior_weight: float = 0.0):  # fmt: skip
         self.terms, self.beta, self.gamma, self.slot_reduction = terms, beta, gamma, slot_reduction
-        self.latents, self.free_bits, self.rationale_weight = latents, free_bits, rationale_weight
+        self.latents, self.free_bits = latents, free_bits
+        self.rationale_weights = {"rationale": rationale_weight, "rationale_prior": rationale_prior_weight}
 
     def kl(self, a: DiagGaussian, b: DiagGaussian) -> tuple[torch.Tensor, torch.Tensor]:
         """(KL(a || b) as logged, the same as the loss counts it: each slot floored at free_bits)."""
@@ -111,13 +114,16 @@ class KLObjective:
         return {"posterior": "latent", "prior_mean": "latent"}.get(self.latents, self.latents)
 
     def __call__(self, ntp_loss, prior: DiagGaussian | None, posterior: DiagGaussian | None, step: int,
-                 rationale_loss=None):  # fmt: skip
+                 model_out: dict | None = None):  # fmt: skip
+        """`model_out`: the model's outputs, whose rationale losses ("rationale_loss",
+        "rationale_prior_loss") are weighed in when it gives them."""
         beta, gamma = self.beta(step), self.gamma(step)
         out = {"ntp": ntp_loss, "beta": torch.tensor(beta), "gamma": torch.tensor(gamma)}
         loss = ntp_loss
-        if rationale_loss is not None and self.rationale_weight:
-            out["rationale"] = rationale_loss
-            loss = loss + self.rationale_weight * rationale_loss
+        for name, weight in self.rationale_weights.items():
+            if weight and f"{name}_loss" in (model_out or {}):
+                out[name] = model_out[f"{name}_loss"]
+                loss = loss + weight * out[name]
         # term -> (a, b, weight) of KL(a || b); sg[.] is detach: which head each term trains
         for term, pair in (("joint", lambda: (posterior, prior, beta)),
                            ("forward", lambda: (posterior.detach(), prior, beta)),
@@ -152,7 +158,7 @@ OBJECTIVES = {
 
 
 def build_objective(name: str, beta=None, gamma=None, kl_slot_reduction: str = "mean", free_bits: float = 0.0,
-                    rationale_weight: float = 0.0) -> KLObjective:  # fmt: skip
+                    rationale_weight: float = 0.0, rationale_prior_weight: float = 0.0) -> KLObjective:  # fmt: skip
     """The objective `name` (see OBJECTIVES) with beta/gamma schedules given as dicts or Schedules.
 
     `amvl_reverse_first` takes the same schedules as `amvl` and swaps their start steps.
@@ -165,4 +171,6 @@ def build_objective(name: str, beta=None, gamma=None, kl_slot_reduction: str = "
     if name == "amvl_reverse_first":
         beta, gamma = _swap_starts(beta, gamma)
     terms, latents = OBJECTIVES[name]
-    return KLObjective(terms, beta, gamma, kl_slot_reduction, latents, free_bits, rationale_weight)
+    return KLObjective(
+        terms, beta, gamma, kl_slot_reduction, latents, free_bits, rationale_weight, rationale_prior_weight
+    )

@@ -65,9 +65,9 @@ def main() -> None:
     for name, cfg in methods.items():
         terms = cfg.objective
         objective = build_objective(terms.name, terms.beta, terms.gamma, terms.kl_slot_reduction, terms.free_bits,
-                                    terms.rationale_weight)  # fmt: skip
+                                    terms.rationale_weight, terms.rationale_prior_weight)  # fmt: skip
         backbone = build_small_qwen(cfg.model, tokenizer)
-        with_latents = cfg.objective.rationale_weight and objective.slot_kind == "latent"
+        with_latents = (terms.rationale_weight or terms.rationale_prior_weight) and objective.slot_kind == "latent"
         vocab = backbone.get_input_embeddings().num_embeddings if with_latents else 0
         model = wrap_backbone(backbone, tokenizer, cfg.model, objective.slot_kind, rationale_vocab=vocab).train()
         batch = collate([encode(r, tokenizer, image_processor, cfg.model.answer_format) for r in rows])
@@ -77,7 +77,7 @@ def main() -> None:
         for name, (model, objective, optimizer, batch) in steps.items():
             start = time.perf_counter()
             out = model(batch, latents=objective.latents)
-            terms = objective(out["ntp_loss"], out["prior"], out["posterior"], 100, out.get("rationale_loss"))
+            terms = objective(out["ntp_loss"], out["prior"], out["posterior"], 100, out)
             optimizer.zero_grad(set_to_none=True)
             terms["loss"].backward()
             optimizer.step()

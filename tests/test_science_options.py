@@ -177,11 +177,13 @@ def test_rationale_loss_trains_each_slot_towards_its_step(pointer):
     model = wrap_backbone(backbone, tokenizer, cfg.model, rationale_vocab=vocab)
     objective = build_objective("amvl", rationale_weight=1.0)
     out = model(batch)
-    terms = objective(out["ntp_loss"], out["prior"], out["posterior"], 0, out["rationale_loss"])
+    terms = objective(out["ntp_loss"], out["prior"], out["posterior"], 0, out)
     assert torch.isclose(terms["loss"], terms["ntp"] + terms["rationale"])  # beta and gamma are 0 by default
-    terms["rationale"].backward()
+    terms["rationale"].backward(retain_graph=True)
     assert model.posterior_head.proj.weight.grad.abs().sum() > 0  # it trains the latents the decoder reads
     assert model.prior_head.proj.weight.grad is None or model.prior_head.proj.weight.grad.abs().sum() == 0
+    out["rationale_prior_loss"].backward()  # objective.rationale_prior_weight: the prior's means read out too
+    assert model.prior_head.proj.weight.grad.abs().sum() > 0
     without_steps = collate(examples)
     without_steps["step_ids"] = [[] for _ in examples]
     assert model(without_steps)["rationale_loss"].item() == 0.0

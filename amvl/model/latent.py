@@ -377,6 +377,8 @@ class LatentReasoner(nn.Module):
         out = {"ntp_loss": ntp_loss, "prior": prior, "posterior": posterior}
         if self.cfg.rationale_vocab:  # the latents the decoder read (samples: a wide q cannot hide behind its mean)
             out["rationale_loss"] = self.rationale_loss(z, batch)
+            if posterior is not None:  # the prior's own means, read out too (objective.rationale_prior_weight)
+                out["rationale_prior_loss"] = self.rationale_loss(prior.mean, batch)
         return out
 
     def rationale_loss(self, z: torch.Tensor, batch: dict) -> torch.Tensor:

@@ -95,7 +95,8 @@ def build(cfg: Section, rows: list[dict], run_dir: Path, slot_kind: str, write: 
         tokenizer = build_tokenizer(corpus, cfg.model.vocab_size, cfg.model.latent_slots)
         image_processor = build_image_processor(max(image.width for image in rows[0]["images"]))
         backbone = build_small_qwen(cfg.model, tokenizer)  # initialised in fp32 whatever the precision
-    with_latents = cfg.objective.rationale_weight and slot_kind == "latent"  # ntp and pause have no Z to read out
+    readout = cfg.objective.rationale_weight or cfg.objective.rationale_prior_weight
+    with_latents = readout and slot_kind == "latent"  # ntp and pause have no Z to read out
     vocab = backbone.get_input_embeddings().weight.shape[0] if with_latents else 0
     model = wrap_backbone(backbone, tokenizer, cfg.model, slot_kind, cfg.train.precision, rationale_vocab=vocab)
     if cfg.train.gradient_checkpointing:
@@ -187,7 +188,7 @@ def build_inputs(rows: stream.Rows, cfg: Section) -> list[dict]:
         raise UserError(f"{rows.path}: no rows")
     # rationales too where the model reads or writes them (a privileged posterior, a chain of thought)
     uses_rationale = "rationale" in cfg.model.answer_format + cfg.model.posterior_input
-    uses_rationale = uses_rationale or cfg.objective.rationale_weight
+    uses_rationale = uses_rationale or cfg.objective.rationale_weight or cfg.objective.rationale_prior_weight
     text = rows.text(["prompt", "answer", *(["explanation"] if uses_rationale else [])])
     text[0]["images"] = rows[0]["images"]
     return text
@@ -273,7 +274,7 @@ def run(cfg: dict, data_dir: Path, run_dir: Path, threads: int | None = None) ->
     rows = stream.Rows(train_file, split="train")  # read lazily, a row group at a time
     objective = build_objective(
         cfg.objective.name, cfg.objective.beta, cfg.objective.gamma, cfg.objective.kl_slot_reduction,
-        cfg.objective.free_bits, cfg.objective.rationale_weight,
+        cfg.objective.free_bits, cfg.objective.rationale_weight, cfg.objective.rationale_prior_weight,
     )  # fmt: skip
     tokenizer, image_processor, model = build(cfg, build_inputs(rows, cfg), run_dir, objective.slot_kind, write=rank == 0)
     dataset, lengths = training_data(train, rows, tokenizer, image_processor, cfg.model.answer_format, run_dir, rank)
@@ -308,7 +309,7 @@ def run(cfg: dict, data_dir: Path, run_dir: Path, threads: int | None = None) ->
                 paddings.append(stream.padding(batch))
                 fitted += counts
                 out = engine(batch, latents=objective.latents, decode_from="prior" if from_prior else "posterior")
-                terms = objective(out["ntp_loss"], out["prior"], out["posterior"], step, out.get("rationale_loss"))
+                terms = objective(out["ntp_loss"], out["prior"], out["posterior"], step, out)
                 if not all_finite(terms["loss"], world):
                     raise UserError(
                         f"non-finite loss at step {step + 1}; training stopped, the last good checkpoint is "
