@@ -12,6 +12,9 @@ Layout `pooled` drops the Q slots; the posterior reads [h_P ; mean of h_y] inste
 
 Inference reads only the prior: prefill [x | P], draw Z = mean + tau * sigma * eps, crop the
 cache back to x, recompute the slots as inj(Z), then score each option or generate greedily.
+With sequential slots (`model.sequential_slots`) the prior of slot t is read instead from the
+column before it, after x and inj(Z_<t): from the decode pass in training, one slot at a time
+(`roll_out`, `think`) where Z comes from the prior.
 Baselines use the same code: `pause` slots keep their learned embeddings, `none` has no slots.
 """
 
