@@ -19,6 +19,14 @@ def test_step_cost_ends_with_the_ratio_line():
     assert re.fullmatch(r"amvl/ntp step-time ratio: \d+\.\d\d \(token lower bound \d+\.\d\d\)", lines[-1])
 
 
+def test_science_step_cost_times_every_method_of_the_grid():
+    lines = run_script("benchmarks/science_step_cost.py", "--repeats", "1")
+    assert [line.split(":")[0].strip() for line in lines[:-1]] == [
+        "ntp", "ntp_pause", "latent_det", "elbo", "fwd", "amvl", "amvl_priv"
+    ]  # fmt: skip
+    assert re.fullmatch(r"largest ratio to ntp of a method with latents .*: \d+\.\d\d", lines[-1])
+
+
 def test_data_scale_ends_with_the_two_ratio_lines():
     lines = run_script("benchmarks/data_scale.py", "--sizes", "6", "12", "--steps", "2", "--batch", "2", "--repeats", "1")
     assert re.fullmatch(r"peak RSS ratio \(large/small\): \d+\.\d\d", lines[-2])
