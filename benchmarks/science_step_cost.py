@@ -26,6 +26,7 @@ from amvl.data.collate import collate, encode
 from amvl.model.backbone import build_image_processor, build_small_qwen, build_tokenizer
 from amvl.model.latent import wrap_backbone
 from amvl.objectives import build_objective
+from amvl.stages.train import reads_rationale_steps
 
 SCIENCE = Path(__file__).resolve().parent.parent / "config" / "science.yaml"
 
@@ -67,8 +68,8 @@ def main() -> None:
         objective = build_objective(terms.name, terms.beta, terms.gamma, terms.kl_slot_reduction, terms.free_bits,
                                     terms.rationale_weight, terms.rationale_prior_weight)  # fmt: skip
         backbone = build_small_qwen(cfg.model, tokenizer)
-        with_latents = (terms.rationale_weight or terms.rationale_prior_weight) and objective.slot_kind == "latent"
-        vocab = backbone.get_input_embeddings().num_embeddings if with_latents else 0
+        with_readout = reads_rationale_steps(cfg) and objective.slot_kind == "latent"
+        vocab = backbone.get_input_embeddings().num_embeddings if with_readout else 0
         model = wrap_backbone(backbone, tokenizer, cfg.model, objective.slot_kind, rationale_vocab=vocab).train()
         batch = collate([encode(r, tokenizer, image_processor, cfg.model.answer_format) for r in rows])
         steps[name] = (model, objective, torch.optim.AdamW(model.parameters(), lr=1e-4), batch)

@@ -78,6 +78,11 @@ def deepspeed_config(cfg, run_dir: Path) -> dict:
     return ds
 
 
+def reads_rationale_steps(cfg: Section) -> bool:
+    """Whether the objective has a per-slot rationale loss (its readout is made only then)."""
+    return bool(cfg.objective.rationale_weight or cfg.objective.rationale_prior_weight)
+
+
 def build(cfg: Section, rows: list[dict], run_dir: Path, slot_kind: str, write: bool = True):
     """Tokenizer, image processor and model: a small one, deterministic from the config and the
     data, or a pretrained Qwen2.5-VL / Qwen2-VL from a local folder."""
@@ -95,9 +100,8 @@ def build(cfg: Section, rows: list[dict], run_dir: Path, slot_kind: str, write: 
         tokenizer = build_tokenizer(corpus, cfg.model.vocab_size, cfg.model.latent_slots)
         image_processor = build_image_processor(max(image.width for image in rows[0]["images"]))
         backbone = build_small_qwen(cfg.model, tokenizer)  # initialised in fp32 whatever the precision
-    readout = cfg.objective.rationale_weight or cfg.objective.rationale_prior_weight
-    with_latents = readout and slot_kind == "latent"  # ntp and pause have no Z to read out
-    vocab = backbone.get_input_embeddings().weight.shape[0] if with_latents else 0
+    with_readout = reads_rationale_steps(cfg) and slot_kind == "latent"  # ntp and pause have no Z to read out
+    vocab = backbone.get_input_embeddings().weight.shape[0] if with_readout else 0
     model = wrap_backbone(backbone, tokenizer, cfg.model, slot_kind, cfg.train.precision, rationale_vocab=vocab)
     if cfg.train.gradient_checkpointing:
         model.enable_gradient_checkpointing()
@@ -188,7 +192,7 @@ def build_inputs(rows: stream.Rows, cfg: Section) -> list[dict]:
         raise UserError(f"{rows.path}: no rows")
     # rationales too where the model reads or writes them (a privileged posterior, a chain of thought)
     uses_rationale = "rationale" in cfg.model.answer_format + cfg.model.posterior_input
-    uses_rationale = uses_rationale or cfg.objective.rationale_weight or cfg.objective.rationale_prior_weight
+    uses_rationale = uses_rationale or reads_rationale_steps(cfg)
     text = rows.text(["prompt", "answer", *(["explanation"] if uses_rationale else [])])
     text[0]["images"] = rows[0]["images"]
     return text

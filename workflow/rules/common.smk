@@ -7,7 +7,6 @@ def stage_json(stage, run=None):
     return json.dumps(amvl_config.stage_config(config, stage, run), sort_keys=True)
 
 
-
 def warm_start(run):
     """The converted model a run starts from (model.init_from), or nothing."""
     start = amvl_config.resolve_run(config, run)["model"]["init_from"]
