@@ -121,6 +121,8 @@ def check_runs(config: dict) -> dict:
                 raise ConfigError(f"runs.{seen[-1]}.model.init_from: {start} trains nothing; use its pretrained_path")
             seen.append(start)
             start = resolve_run(config, start)["model"]["init_from"]
+        if resolved["model"]["posterior_layout"] == "rollout" and not resolved["model"]["sequential_slots"]:
+            raise ConfigError(f"runs.{run}.model.posterior_layout: rollout reads a roll-out; set model.sequential_slots: true")
         if resolved["objective"]["name"] == "none" and not resolved["model"]["pretrained_path"]:
             raise ConfigError(
                 f"runs.{run}.objective.name: none evaluates model.pretrained_path as it is; "

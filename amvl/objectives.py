@@ -25,6 +25,9 @@ class DiagGaussian:
 
     mean: torch.Tensor
     logvar: torch.Tensor
+    # The same distribution with the gradient stopped at the input of the head that made it (the
+    # model's heads set it): a KL on it trains that head alone, not the network under it.
+    head_only: DiagGaussian | None = None
 
     @property
     def std(self) -> torch.Tensor:
@@ -43,7 +46,9 @@ class DiagGaussian:
 
 def cat_gaussians(gaussians: list[DiagGaussian], dim: int) -> DiagGaussian:
     """One Gaussian from several, concatenated along `dim` (0: examples, 1: slots)."""
-    return DiagGaussian(torch.cat([g.mean for g in gaussians], dim), torch.cat([g.logvar for g in gaussians], dim))
+    mean, logvar = torch.cat([g.mean for g in gaussians], dim), torch.cat([g.logvar for g in gaussians], dim)
+    heads_only = [g.head_only for g in gaussians]
+    return DiagGaussian(mean, logvar, None if None in heads_only else cat_gaussians(heads_only, dim))
 
 
 def slot_kl(a: DiagGaussian, b: DiagGaussian) -> torch.Tensor:
@@ -90,15 +95,23 @@ class KLObjective:
     `free_bits` floors each slot's batch-mean KL in the loss (the logged KLs are the real ones):
     below the floor a term has no gradient. `rationale_weight` weighs the model's per-slot
     rationale loss (each slot's latent made to name its step of the rationale), when it gives one,
-    and `rationale_prior_weight` the same loss read from the prior's means.
+    and `rationale_prior_weight` the same loss read from the prior's means. `prior_answer_weight`
+    weighs the answer loss decoded from the prior's own Z (its means, as at inference; variational
+    objectives), so the decoder is trained on the prior's latents as latent_det's is, beside q's.
+    `kl_to_backbone=False`
+    takes every KL on the Gaussians' `head_only`: the KL terms then train the prior and posterior
+    heads alone, and never the shared network whose hidden states the heads read.
     """
 
     def __init__(self, terms: set[str], beta: Schedule, gamma: Schedule, slot_reduction="mean", latents="posterior",
                  free_bits: float = 0.0, rationale_weight: float = 0.0,
-                 rationale_prior_weight: float = 0.0):  # fmt: skip
+                 rationale_prior_weight: float = 0.0, kl_to_backbone: bool = True,
+                 prior_answer_weight: float = 0.0):  # fmt: skip
         self.terms, self.beta, self.gamma, self.slot_reduction = terms, beta, gamma, slot_reduction
-        self.latents, self.free_bits = latents, free_bits
-        self.rationale_weights = {"rationale": rationale_weight, "rationale_prior": rationale_prior_weight}
+        self.latents, self.free_bits, self.kl_to_backbone = latents, free_bits, kl_to_backbone
+        # the model's auxiliary losses (model_out["<name>_loss"]) -> their weights
+        self.aux_weights = {"rationale": rationale_weight, "rationale_prior": rationale_prior_weight,
+                            "prior_answer": prior_answer_weight if terms else 0.0}  # fmt: skip
 
     def kl(self, a: DiagGaussian, b: DiagGaussian) -> tuple[torch.Tensor, torch.Tensor]:
         """(KL(a || b) as logged, the same as the loss counts it: each slot floored at free_bits)."""
@@ -107,6 +120,12 @@ class KLObjective:
             return logged, logged
         per_slot = slot_kl(a, b).mean(0).clamp(min=self.free_bits)  # (k,): a slot's KL over the batch
         return logged, per_slot.mean() if self.slot_reduction == "mean" else per_slot.sum()
+
+    @staticmethod
+    def head_only(gaussian: DiagGaussian) -> DiagGaussian:
+        if gaussian.head_only is None:
+            raise ValueError("kl_to_backbone=False needs Gaussians made by the model's heads (DiagGaussian.head_only)")
+        return gaussian.head_only
 
     @property
     def slot_kind(self) -> str:
@@ -120,14 +139,15 @@ class KLObjective:
         beta, gamma = self.beta(step), self.gamma(step)
         out = {"ntp": ntp_loss, "beta": torch.tensor(beta), "gamma": torch.tensor(gamma)}
         loss = ntp_loss
-        for name, weight in self.rationale_weights.items():
+        for name, weight in self.aux_weights.items():
             if weight and f"{name}_loss" in (model_out or {}):
                 out[name] = model_out[f"{name}_loss"]
                 loss = loss + weight * out[name]
+        trained = lambda g: g if self.kl_to_backbone else self.head_only(g)  # noqa: E731
         # term -> (a, b, weight) of KL(a || b); sg[.] is detach: which head each term trains
-        for term, pair in (("joint", lambda: (posterior, prior, beta)),
-                           ("forward", lambda: (posterior.detach(), prior, beta)),
-                           ("reverse", lambda: (prior.detach(), posterior, gamma))):  # fmt: skip
+        for term, pair in (("joint", lambda: (trained(posterior), trained(prior), beta)),
+                           ("forward", lambda: (posterior.detach(), trained(prior), beta)),
+                           ("reverse", lambda: (prior.detach(), trained(posterior), gamma))):  # fmt: skip
             if f"{term}_kl" in self.terms:
                 a, b, weight = pair()
                 out[f"kl_{term}"], counted = self.kl(a, b)
@@ -158,8 +178,10 @@ OBJECTIVES = {
 
 
 def build_objective(name: str, beta=None, gamma=None, kl_slot_reduction: str = "mean", free_bits: float = 0.0,
-                    rationale_weight: float = 0.0, rationale_prior_weight: float = 0.0) -> KLObjective:  # fmt: skip
-    """The objective `name` (see OBJECTIVES) with beta/gamma schedules given as dicts or Schedules.
+                    rationale_weight: float = 0.0, rationale_prior_weight: float = 0.0,
+                    kl_to_backbone: bool = True, prior_answer_weight: float = 0.0) -> KLObjective:  # fmt: skip
+    """The objective `name` (see OBJECTIVES) with beta/gamma schedules given as dicts or Schedules;
+    the arguments are the keys of the config's `objective` section (`build_objective(**section)`).
 
     `amvl_reverse_first` takes the same schedules as `amvl` and swaps their start steps.
     """
@@ -172,5 +194,6 @@ def build_objective(name: str, beta=None, gamma=None, kl_slot_reduction: str = "
         beta, gamma = _swap_starts(beta, gamma)
     terms, latents = OBJECTIVES[name]
     return KLObjective(
-        terms, beta, gamma, kl_slot_reduction, latents, free_bits, rationale_weight, rationale_prior_weight
+        terms, beta, gamma, kl_slot_reduction, latents, free_bits, rationale_weight, rationale_prior_weight,
+        kl_to_backbone, prior_answer_weight,
     )

@@ -12,7 +12,6 @@ speed hits all alike; medians over repeats are compared.
 from __future__ import annotations
 
 import argparse
-import copy
 import statistics
 import time
 from pathlib import Path
@@ -26,15 +25,15 @@ from amvl.data.collate import collate, encode
 from amvl.model.backbone import build_image_processor, build_small_qwen, build_tokenizer
 from amvl.model.latent import wrap_backbone
 from amvl.objectives import build_objective
-from amvl.stages.train import reads_rationale_steps
+from amvl.stages.train import readout_vocab
 
 SCIENCE = Path(__file__).resolve().parent.parent / "config" / "science.yaml"
 
 
-def method_configs() -> dict[str, Section]:
-    """The first seed of each method in config/science.yaml, resolved, warm starts dropped (the
-    step costs the same from any start)."""
-    config = yaml.safe_load(SCIENCE.read_text())
+def method_configs(path: Path = SCIENCE) -> dict[str, Section]:
+    """The first seed of each method in a config (config/science.yaml), resolved, warm starts
+    dropped (the step costs the same from any start)."""
+    config = yaml.safe_load(path.read_text())
     base = {k: v for k, v in config.items() if k != "runs"}
     methods = {}
     for run, overrides in config["runs"].items():
@@ -46,44 +45,57 @@ def method_configs() -> dict[str, Section]:
     return methods
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=11)
-    args = parser.parse_args()
-    torch.manual_seed(0)
-    torch.set_num_threads(1)  # as the grid trains: one thread a run, two runs side by side
+def pointer_rows(count: int = 16) -> list[dict]:
+    """`count` pointer-chasing training questions, hops 1-3 in turn."""
     rows = [
         {**r, "images": [r["image_1"]]}
         for hops in (1, 2, 3)
         for r in synthetic.generate(f"Pointer_{hops}hop", "train", 6, seed=0, image_size=84)
-    ][:16]
-    methods = method_configs()
+    ]
+    return rows[:count]
+
+
+def training_steps(methods: dict[str, Section], rows: list[dict]) -> dict[str, tuple]:
+    """Per method: its model (one backbone initialisation), objective, an AdamW and the batch of `rows`."""
     any_cfg = next(iter(methods.values()))
     corpus = [r["prompt"] + r["answer"] + r["explanation"] for r in rows]
     tokenizer = build_tokenizer(corpus, any_cfg.model.vocab_size, any_cfg.model.latent_slots)
     image_processor = build_image_processor(84)
     steps = {}
     for name, cfg in methods.items():
-        terms = cfg.objective
-        objective = build_objective(terms.name, terms.beta, terms.gamma, terms.kl_slot_reduction, terms.free_bits,
-                                    terms.rationale_weight, terms.rationale_prior_weight)  # fmt: skip
+        objective = build_objective(**cfg.objective)
         backbone = build_small_qwen(cfg.model, tokenizer)
-        with_readout = reads_rationale_steps(cfg) and objective.slot_kind == "latent"
-        vocab = backbone.get_input_embeddings().num_embeddings if with_readout else 0
+        vocab = readout_vocab(cfg, backbone, objective.slot_kind)
         model = wrap_backbone(backbone, tokenizer, cfg.model, objective.slot_kind, rationale_vocab=vocab).train()
         batch = collate([encode(r, tokenizer, image_processor, cfg.model.answer_format) for r in rows])
         steps[name] = (model, objective, torch.optim.AdamW(model.parameters(), lr=1e-4), batch)
+    return steps
+
+
+def timed_step(model, objective, optimizer, batch, **forward) -> float:
+    """Seconds of one training step: forward (with `forward`'s options), loss, backward, update."""
+    start = time.perf_counter()
+    out = model(batch, latents=objective.latents, **forward)
+    terms = objective(out["ntp_loss"], out["prior"], out["posterior"], 100, out)
+    optimizer.zero_grad(set_to_none=True)
+    terms["loss"].backward()
+    optimizer.step()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=11)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    torch.set_num_threads(1)  # as the grid trains: one thread a run, two runs side by side
+    steps = training_steps(method_configs(), pointer_rows())
     times = {name: [] for name in steps}
     for repeat in range(args.repeats + 1):  # the first round warms up and is dropped
-        for name, (model, objective, optimizer, batch) in steps.items():
-            start = time.perf_counter()
-            out = model(batch, latents=objective.latents)
-            terms = objective(out["ntp_loss"], out["prior"], out["posterior"], 100, out)
-            optimizer.zero_grad(set_to_none=True)
-            terms["loss"].backward()
-            optimizer.step()
+        for name, step in steps.items():
+            seconds = timed_step(*step)
             if repeat:
-                times[name].append(time.perf_counter() - start)
+                times[name].append(seconds)
     medians = {name: statistics.median(t) for name, t in times.items()}
     for name, t in medians.items():
         print(f"{name:>12}: median step {1000 * t:6.1f} ms, {t / medians['ntp']:.2f} x ntp")

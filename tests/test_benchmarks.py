@@ -27,6 +27,15 @@ def test_science_step_cost_times_every_method_of_the_grid():
     assert re.fullmatch(r"largest ratio to ntp of a method with latents .*: \d+\.\d\d", lines[-1])
 
 
+def test_z_probe_cost_times_every_latent_method_with_and_without_the_probe():
+    lines = run_script("benchmarks/z_probe_cost.py", "--repeats", "1")
+    assert [line.split(":")[0].strip() for line in lines[:-1]] == [
+        "science latent_det", "science elbo", "science fwd", "science amvl", "science amvl_priv",
+        "default elbo", "default fwd", "default rev", "default amvl",
+    ]  # fmt: skip
+    assert re.fullmatch(r"largest overhead of the probe every 10 steps: -?\d+\.\d% of training time", lines[-1])
+
+
 def test_data_scale_ends_with_the_two_ratio_lines():
     lines = run_script("benchmarks/data_scale.py", "--sizes", "6", "12", "--steps", "2", "--batch", "2", "--repeats", "1")
     assert re.fullmatch(r"peak RSS ratio \(large/small\): \d+\.\d\d", lines[-2])

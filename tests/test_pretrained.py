@@ -118,3 +118,20 @@ def test_train_convert_evaluate_from_a_pretrained_folder(rows, prepared_data, tm
         assert weights.get_tensor("lm_head.weight").dtype == torch.float32
     metrics = evaluate.run(cfg, tmp_path / "model", prepared_data, tmp_path / "results")
     assert 0 <= metrics["macro_accuracy"] <= 1 and metrics["dtype"] == "bfloat16"
+
+
+def test_the_new_modules_of_a_pretrained_backbone_follow_model_init_seed(rows, tmp_path):
+    """A warm start (model.init_from) or a released model: the heads and injector come from
+    model.init_seed, whatever ran before in the process."""
+    from amvl.stages.train import build
+
+    tokenizer = build_tokenizer([r["prompt"] + r["answer"] for r in rows], 320, k=0)
+    build_small_qwen(CFG.model, tokenizer).save_pretrained(tmp_path / "qwen")
+    save_processors(tmp_path / "qwen", tokenizer, build_image_processor(84))
+    heads = []
+    for seed, noise in ((0, 1), (0, 5), (1, 1)):
+        cfg = Section(validate({"model": {"backbone": "pretrained", "pretrained_path": str(tmp_path / "qwen"),
+                                          "init_seed": seed}}))  # fmt: skip
+        torch.rand(noise)  # other work drew from the global generator first
+        heads.append(build(cfg, [], tmp_path / "run", "latent", write=False)[2].prior_head.proj.weight)
+    assert torch.equal(heads[0], heads[1]) and not torch.equal(heads[0], heads[2])

@@ -22,7 +22,9 @@ Everything is a function of the seed.
 |                   |        |         |        | colours passed)                                 | way          |
 
 Every row carries its rationale (the intermediate results) in `explanation` in the train split,
-as BLINK rows carry one; the val split leaves it empty.
+as BLINK rows carry one; the val split leaves it empty, except for pointer chasing, whose val
+rationales let the diagnostics measure a rationale-reading posterior given the gold rationale (the
+oracle); no prompt ever shows it.
 
 Why latent slots should matter: the answer is one token, produced right after the prompt, so
 everything the model computes must fit in its few layers at the last prompt position. The
@@ -284,7 +286,7 @@ def generate(subtask: str, split: str, size: int, seed: int, image_size: int) ->
                 choices=item["choices"],
                 answer=letter(answer_index),
                 prompt=blink_prompt(item["question"], item["choices"]),
-                explanation=item["explanation"] if split == "train" else "",
+                explanation=item["explanation"] if split == "train" or subtask.startswith("Pointer") else "",
             )
         )
     return rows

@@ -8,6 +8,8 @@ generated answer is parsed). On the evaluation split, for a model with latent sl
 - follow-wrong rate: Z = posterior mean given a wrong option; how often the prediction follows
   it, beside the rate expected if Z were ignored, (1 - prior accuracy) / (options - 1);
 - answer-swap sensitivity: variance of the posterior mean across the candidate answers;
+- answer readout: how often a linear readout, fitted on the other half of the split, names the
+  answer from the posterior's (given the gold answer or rationale) or the prior's means;
 - contamination: mean KL(q || p) given the gold answer, and the mean prior variance;
 - latent ablations: Z zero, Gaussian noise, or another question's prior mean;
 - a temperature sweep of the prior;
@@ -78,6 +80,36 @@ def perturbed(example: Example, part: str, generator: torch.Generator, specials:
     return dataclasses.replace(example, prompt_ids=ids)
 
 
+def answer_readout(features: torch.Tensor, labels: torch.Tensor, classes: int, folds: int = 2) -> torch.Tensor:
+    """Does Z hold the answer itself? A linear readout (multinomial logistic regression on the
+    standardised, flattened latents) of the answer's index, cross-fitted: each example is scored
+    by a readout fitted on the other folds. Returns whether each example's answer was read out.
+    A latent that carries only intermediate steps reads out at about chance (pointer chasing: the
+    answer is the step's target in this image's random map, not a function of the step)."""
+    x = features.flatten(1).float()
+    x = (x - x.mean(0)) / x.std(0).clamp(min=1e-6)
+    hits = torch.zeros(len(x), dtype=torch.bool)
+    # folds drawn at random (a fixed draw): by position they would follow the answers, which cycle
+    fold = torch.randperm(len(x), generator=torch.Generator().manual_seed(0)) % folds
+    for held in range(folds):
+        train, test = fold != held, fold == held
+        weight = torch.zeros(x.shape[1], classes, requires_grad=True)
+        bias = torch.zeros(classes, requires_grad=True)
+        optimizer = torch.optim.LBFGS([weight, bias], max_iter=200, line_search_fn="strong_wolfe")
+
+        def loss():
+            optimizer.zero_grad()
+            value = torch.nn.functional.cross_entropy(x[train] @ weight + bias, labels[train])
+            value = value + 1e-2 * weight.pow(2).sum()  # ridge: more dimensions than examples per class
+            value.backward()
+            return value
+
+        with torch.enable_grad():
+            optimizer.step(loss)
+        hits[test] = ((x[test] @ weight + bias).argmax(-1) == labels[test]).detach()
+    return hits
+
+
 def leakage(model, examples: list[Example], batch_size: int, taus: list[float], specials: set[int]) -> dict:
     """Every diagnostic of the module docstring, as plain numbers and lists (JSON-ready)."""
     torch.manual_seed(0)
@@ -130,6 +162,8 @@ def leakage(model, examples: list[Example], batch_size: int, taus: list[float], 
         shift = (latents(model, examples, batch_size, change=change)["prior"].mean - prior.mean).norm(dim=-1)
         sensitivity[part] = (shift.mean(0) / prior.mean.norm(dim=-1).mean(0)).tolist()
 
+    classes = int(options.max())
+    readout = {side: answer_readout(given_gold[side].mean, gold, classes) for side in ("prior", "posterior")}
     per_task = {}  # the main numbers per subtask: where latents matter may be a few of them
     for task in sorted({e.sub_task for e in examples}):
         rows = torch.tensor([e.sub_task == task for e in examples])
@@ -140,6 +174,8 @@ def leakage(model, examples: list[Example], batch_size: int, taus: list[float], 
             "zero_accuracy": zero_hits[rows].float().mean().item(),
             "follow_wrong_rate": followed[rows].float().mean().item(),
             "follow_wrong_if_ignored": ((1 - prior_task) / (options[rows] - 1).float()).mean().item(),
+            "answer_readout_prior": readout["prior"][rows].float().mean().item(),
+            "answer_readout_posterior": readout["posterior"][rows].float().mean().item(),
         }
     return {
         "per_task": per_task,
@@ -149,6 +185,8 @@ def leakage(model, examples: list[Example], batch_size: int, taus: list[float], 
         "follow_wrong_rate": follow_wrong.item(),
         "follow_wrong_if_ignored": ignored_level.item(),
         "answer_swap_variance": swap_variance.item(),
+        "answer_readout_prior": readout["prior"].float().mean().item(),
+        "answer_readout_posterior": readout["posterior"].float().mean().item(),
         "kl_posterior_prior": gaussian_kl(posterior, prior).mean().item(),
         "prior_variance": prior.logvar.exp().mean().item(),
         "posterior_variance": posterior.logvar.exp().mean().item(),

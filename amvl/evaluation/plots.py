@@ -28,6 +28,10 @@ LOSS_TERMS = {
     "kl_joint": ("joint KL (x beta)", "KL(q || p) (nats)"),
     "sigma_prior": ("prior spread", "mean std of p (latent units)"),
     "sigma_posterior": ("posterior spread", "mean std of q (latent units)"),
+    # Is Z used? (train.z_probe_every) How much the answer loss rises when Z is replaced; 0: ignored.
+    "z_gain": ("Z use: Z zeroed", "L_ntp(Z=0) - L_ntp(Z) (nats/token)"),
+    "z_gain_shuffled": ("Z use: Z from another question", "L_ntp(shuffled Z) - L_ntp(Z) (nats/token)"),
+    "z_gain_prior": ("Z use at test time: the prior's Z", "L_ntp(Z=0) - L_ntp(prior's Z) (nats/token)"),
 }
 # Every run logs both weights; a weight is a run's term only if the run logs a KL it multiplies.
 WEIGHTED_KLS = {"beta": ("kl_forward", "kl_joint"), "gamma": ("kl_reverse",)}
@@ -109,6 +113,8 @@ def training_curves(logs: dict[str, list[dict]], styles=None):
                 ax.plot(*zip(*points), label=run, lw=1.2, **styles[run])
         title, ylabel = LOSS_TERMS[term]
         ax.set(title=title, xlabel="step", ylabel=ylabel, yscale="log" if term.startswith("kl") else "linear")
+        if term.startswith("z_gain"):
+            ax.axhline(0, color="0.6", lw=0.8)  # the level of a decoder that ignores Z
     spare = axes.flat[len(terms) :]
     for ax in spare:
         ax.axis("off")

@@ -41,7 +41,7 @@ LATENT_CONFIG = "amvl_config.json"
 
 
 SLOT_KINDS = ("latent", "pause", "none")
-POSTERIOR_LAYOUTS = ("suffix", "pooled")
+POSTERIOR_LAYOUTS = ("suffix", "pooled", "rollout")
 
 
 @dataclass
@@ -60,7 +60,8 @@ class LatentConfig:
     # "latent": the slots carry inj(Z); "pause": learned pause embeddings, no Z (ntp_pause);
     # "none": no slots at all (plain ntp). Set by the objective; inference needs to know it.
     slot_kind: str = "latent"
-    posterior_layout: str = "suffix"  # how q sees y: Q slots after y, or [h_P ; mean-pooled h_y]
+    # how q sees y: Q slots after y, [h_P ; mean-pooled h_y], or [the roll-out state ; y's embedding]
+    posterior_layout: str = "suffix"
     posterior_input: str = "answer"  # what q reads as y: the answer, the rationale, or both
     eos_id: int | None = None  # where generation stops
     answer_format: str = "letter"  # how answers were written in training (amvl.data.collate.ANSWER_FORMATS)
@@ -70,6 +71,12 @@ class LatentConfig:
     # at k placeholder slots filled side by side in one pass (width)
     sequential: bool = False
     rationale_vocab: int = 0  # > 0: a per-slot rationale readout Z_t -> vocabulary (objective.rationale_weight)
+    # model.injector: "linear", inj(Z) = a projection scaled to the embedding norm; "vocabulary", the
+    # mixture of token embeddings the rationale readout names (the slots then read like text)
+    injector: str = "linear"
+    # model.rationale_slots: "first", slot t is tied to step t and later slots are free; "hold", the
+    # slots after a row's last step hold it, so the last slot always holds the last step
+    rationale_slots: str = "first"
 
 
 class GaussianHead(nn.Module):
@@ -88,6 +95,11 @@ class GaussianHead(nn.Module):
         nn.init.zeros_(self.proj.bias[d:])
 
     def forward(self, hidden: torch.Tensor) -> DiagGaussian:
+        out = self.gaussian(hidden)
+        out.head_only = self.gaussian(hidden.detach())  # objective.kl_to_backbone: false trains the head alone
+        return out
+
+    def gaussian(self, hidden: torch.Tensor) -> DiagGaussian:
         mean, raw_logvar = self.proj(hidden).float().chunk(2, dim=-1)
         return DiagGaussian(mean, self.low + (self.high - self.low) * torch.sigmoid(raw_logvar))
 
@@ -186,10 +198,13 @@ class LatentReasoner(nn.Module):
         self.backbone, self.cfg = backbone, cfg
         hidden_size = backbone.config.text_config.hidden_size
         self.prior_head = GaussianHead(hidden_size, cfg.d, tuple(cfg.prior_logvar_bounds))
-        posterior_input = hidden_size * (2 if cfg.posterior_layout == "pooled" else 1)
+        posterior_input = hidden_size * {"suffix": 1, "pooled": 2, "rollout": 3}[cfg.posterior_layout]
         self.posterior_head = GaussianHead(posterior_input, cfg.d, tuple(cfg.posterior_logvar_bounds))
-        self.injector = LatentInjector(cfg.d, hidden_size, cfg.embed_norm)
-        for module in (self.prior_head, self.posterior_head, self.injector):
+        heads = [self.prior_head, self.posterior_head]
+        if cfg.injector == "linear":
+            self.injector = LatentInjector(cfg.d, hidden_size, cfg.embed_norm)
+            heads.append(self.injector)
+        for module in heads:
             module.proj.to(backbone.dtype)  # a bf16 backbone: weights in bf16, as DeepSpeed's bf16 casts them
         if cfg.rationale_vocab:  # Z_t -> the tokens of rationale step t; made only when used
             self.rationale_head = nn.Linear(cfg.d, cfg.rationale_vocab).to(backbone.dtype)
@@ -275,22 +290,53 @@ class LatentReasoner(nn.Module):
     def with_latents(self, layout: Layout, embeds: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """The decode-pass input: the first z.shape[1] slot embeddings replaced by inj(Z)."""
         injected = embeds.clone()
-        injected[:, layout.prefix_len : layout.prefix_len + z.shape[1]] = self.injector(z).to(embeds.dtype)
+        injected[:, layout.prefix_len : layout.prefix_len + z.shape[1]] = self.inject(z).to(embeds.dtype)
         return injected
 
-    def roll_out(self, layout, embeds, positions, images, x_last, start, x_cache, draw):
+    def inject(self, z: torch.Tensor) -> torch.Tensor:
+        """inj(Z): slot input embeddings (B, k, hidden) from latents (B, k, d), as model.injector says."""
+        if self.cfg.injector == "linear":
+            return self.injector(z)
+        # What the readout names, as the token embeddings a decoder already reads (a pretrained one
+        # too: in distribution by construction); the table is read, not trained, through the slots.
+        names = torch.softmax(self.rationale_head(z.to(self.rationale_head.weight.dtype)).float(), dim=-1)
+        return names @ self.backbone.get_input_embeddings().weight.detach().float()
+
+    def roll_out(self, layout, embeds, positions, images, x_last, start, x_cache, draw, privileged=None):
         """Sequential slots: the prior of slot t is read from the column before it, after x and
-        inj(Z_<t) (x's last column for the first), and Z_t = draw(prior_t); one pass a slot, so
-        slot t has the depth of t passes. Returns Z and the priors, (B, k, d) each."""
-        state, draws, priors = x_last, [], []
+        inj(Z_<t) (x's last column for the first), and Z_t = draw(prior_t, posterior_t); one pass a
+        slot, so slot t has the depth of t passes. The roll-out posterior (layout `rollout`) reads
+        the same state and `privileged[:, t]` (`privileged_inputs`). Returns Z (B, k, d), the
+        priors and the posteriors (None without `privileged`)."""
+        state, draws, priors, posteriors = x_last, [], [], []
         for t in range(layout.k):
             priors.append(self.prior_head(state[:, None]))
-            draws.append(draw(priors[-1]))
+            if privileged is not None:  # scaled to the state's norm, so neither half drowns the other
+                seen = privileged[:, t] * state.detach().norm(dim=-1, keepdim=True)
+                posteriors.append(self.posterior_head(torch.cat([state, seen.to(state.dtype)], -1)[:, None]))
+            draws.append(draw(priors[-1], posteriors[-1] if posteriors else None))
             if t + 1 < layout.k:
                 slot_embeds = self.with_latents(layout, embeds, torch.cat(draws, 1))
                 cache = PassCache.after(x_cache) if x_cache is not None else None
                 state = self.run(layout, slot_embeds, positions, images, layout.prefix_len + t + 1, start, cache)[:, -1]
-        return torch.cat(draws, 1), cat_gaussians(priors, dim=1)
+        posterior = cat_gaussians(posteriors, dim=1) if posteriors else None
+        return torch.cat(draws, 1), cat_gaussians(priors, dim=1), posterior
+
+    def privileged_inputs(self, batch: dict, k: int) -> torch.Tensor:
+        """What the roll-out posterior sees besides the state, (B, k, 2 x hidden): for slot t, the
+        mean input embedding of rationale step t's result (posterior_input rationale*), then of the
+        answer (answer, rationale_and_answer), each scaled to unit norm; zeros where there is none
+        (a row without step t). Token embeddings are inputs here, not trained through q."""
+        table = self.backbone.get_input_embeddings().weight.detach().float()
+        hidden, reads = table.shape[1], self.cfg.posterior_input
+        seen = torch.zeros(len(batch["answer_ids"]), k, 2 * hidden, device=table.device)
+        for i, (steps, answer) in enumerate(zip(batch["step_ids"], batch["answer_ids"])):
+            if reads != "answer":
+                for t, ids in enumerate(self.slot_steps(steps, k)):
+                    seen[i, t, :hidden] = F.normalize(table[ids].mean(0), dim=-1)
+            if reads != "rationale" and answer:
+                seen[i, :, hidden:] = F.normalize(table[answer].mean(0), dim=-1)
+        return seen
 
     def answer_log_probs(self, hidden: torch.Tensor, layout: Layout, start: int = 0) -> torch.Tensor:
         """Log-probability of each answer token (flattened over the batch) given what precedes it;
@@ -301,7 +347,7 @@ class LatentReasoner(nn.Module):
         targets = layout.ids[:, start : start + hidden.shape[1]].to(hidden.device)[answer_mask]
         return torch.log_softmax(logits, dim=-1).gather(-1, targets[:, None]).squeeze(-1)
 
-    def posterior(self, hidden: torch.Tensor, layout: Layout, start: int) -> DiagGaussian:
+    def posterior(self, hidden: torch.Tensor, layout: Layout, start: int) -> DiagGaussian:  # suffix, pooled
         """q(Z | x, y) from the variational pass (`hidden` covers the columns from `start` on)."""
         if self.cfg.posterior_layout == "suffix":
             cols = (layout.posterior_cols.to(hidden.device) - start)[..., None].expand(-1, -1, hidden.shape[-1])
@@ -312,18 +358,25 @@ class LatentReasoner(nn.Module):
         return self.posterior_head(torch.cat([hidden[:, slots], pooled[:, None].expand(-1, layout.k, -1)], -1))
 
     # ---- training ---------------------------------------------------------------------------
-    def forward(self, batch: dict, latents: str = "posterior", decode: bool = True, decode_from: str = "posterior") -> dict:
+    def forward(self, batch: dict, latents: str = "posterior", decode: bool = True, decode_from: str = "posterior",
+                z_probe: bool = False, prior_answer: bool = False) -> dict:  # fmt: skip
         """L_ntp(y | x, Z) with Z from `latents`: "posterior" (Z ~ q, the variational objectives),
         "prior_mean" (latent_det), "pause" or "none" (no Z). Returns the loss, prior and posterior
         (with `decode=False` only the latter two: the variational pass alone). `decode_from="prior"`
         decodes a variational objective's step from Z ~ p instead (train.prior_decode_fraction).
         With sequential slots the prior is read after the posterior's Z_<t in the decode pass (the
-        prior given the prior's own Z_<t, its mean, with `decode=False` or from "prior_mean")."""
+        prior given the prior's own Z_<t, its mean, with `decode=False` or from "prior_mean").
+        `z_probe`: also the answer loss, without gradient, with other latents in place of Z
+        (`z_probe` below), under "z_probe". `prior_answer` (variational objectives): also the answer
+        loss with Z from the prior's own means (rolled out if sequential), as inference draws it,
+        under "prior_answer_loss" (objective.prior_answer_weight: latent_det's loss beside q's)."""
         suffix = latents == "posterior" and self.cfg.posterior_layout == "suffix"
+        # The roll-out posterior reads the decode roll-out's own states: no variational pass.
+        rollout = latents == "posterior" and self.cfg.posterior_layout == "rollout"
         slot_ids = [] if latents == "none" else list(self.cfg.prior_slot_ids)
         # A privileged posterior reads the rationale before y in the variational pass (a row
         # without one: nothing but x); the decode pass then has a layout of its own, y alone after the slots.
-        privileged = latents == "posterior" and self.cfg.posterior_input != "answer"
+        privileged = latents == "posterior" and self.cfg.posterior_input != "answer" and not rollout
         seen = batch["answer_ids"]
         if privileged:
             rationales = batch.get("rationale_ids") or [[]] * len(seen)
@@ -344,51 +397,88 @@ class LatentReasoner(nn.Module):
         elif sequential:
             x_last = self.run(layout, embeds, positions, images, stop=x_end)[:, -1]
         prior = posterior = None
-        if latents == "posterior" or not sequential:
+        if (latents == "posterior" and not rollout) or not sequential:
             stop = layout.slots.stop if latents == "prior_mean" else layout.ids.shape[1]
             hidden = self.run(layout, embeds, positions, images, stop=stop, start=start, cache=cache)
             if not sequential:
                 prior = self.prior_head(hidden[:, x_end - start : x_end - start + layout.k])
             if latents == "posterior":
                 posterior = self.posterior(hidden, layout, start)
-        pick = {"prior_mean": lambda p: p.mean, "prior": lambda p: p.sample()}
+        # What Z_t is drawn from in a roll-out, given (prior_t, posterior_t)
+        pick = {"prior_mean": lambda p, q: p.mean, "prior": lambda p, q: p.sample(), "posterior": lambda p, q: q.sample()}
         source = "prior_mean" if latents == "prior_mean" or (sequential and not decode) else decode_from
-        if sequential and source in pick:
-            z, prior = self.roll_out(layout, embeds, positions, images, x_last, start, x_cache, pick[source])
+
+        def roll(draw, privileged=None):  # a roll-out over the current layout (`roll_out`)
+            return self.roll_out(layout, embeds, positions, images, x_last, start, x_cache, draw, privileged)
+
+        if rollout and decode:  # prior_t and q_t from the state after Z_<t drawn from `decode_from`
+            z, prior, posterior = roll(pick[decode_from], self.privileged_inputs(batch, layout.k))
+        elif rollout:  # q's own roll-out (its means) given what it sees; the prior's given x alone
+            posterior = roll(lambda p, q: q.mean, self.privileged_inputs(batch, layout.k))[2]
+            prior = roll(pick["prior_mean"])[1]
+        elif sequential and source in ("prior_mean", "prior"):
+            z, prior, _ = roll(pick[source])
         if not decode:
             return {"prior": prior, "posterior": posterior}
 
         # Decode pass over [x | inj(Z) | y], continuing from x's cache (same position ids).
-        if not sequential or source not in pick:
+        if not rollout and (not sequential or source == "posterior"):
             z = prior.mean if posterior is None else prior.sample() if source == "prior" else posterior.sample()
         if privileged:
             layout = self.layout(batch["prompt_ids"], batch["answer_ids"], slot_ids)
             _, embeds, positions = self.inputs(layout, batch, images)
-        decoded = self.run(
-            layout,
-            self.with_latents(layout, embeds, z),
-            positions,
-            images,
-            stop=layout.answer_end,
-            start=start,
-            cache=PassCache.after(x_cache) if x_cache is not None else None,
-        )
+
+        def answer_loss(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            """The decode pass over [x | inj(z) | y], continuing from x's cache: hidden states, L_ntp."""
+            cache = PassCache.after(x_cache) if x_cache is not None else None
+            hidden = self.run(layout, self.with_latents(layout, embeds, z), positions, images, layout.answer_end, start, cache)
+            return hidden, -self.answer_log_probs(hidden, layout, start).mean()
+
+        decoded, ntp_loss = answer_loss(z)
         if prior is None:  # sequential, Z from q: prior_t from the column before slot t, after x and Z_<t
             before = decoded[:, x_end - start : x_end - start + layout.k - 1]
             prior = self.prior_head(torch.cat([x_last[:, None], before], 1))
-        ntp_loss = -self.answer_log_probs(decoded, layout, start).mean()
         out = {"ntp_loss": ntp_loss, "prior": prior, "posterior": posterior}
+        prior_z = None
+        if posterior is not None and (prior_answer or z_probe):  # the prior's Z as inference draws it
+            with torch.set_grad_enabled(prior_answer and torch.is_grad_enabled()):
+                prior_z = roll(pick["prior_mean"])[0] if sequential else prior.mean
+            if prior_answer:
+                out["prior_answer_loss"] = answer_loss(prior_z)[1]
+        if z_probe:
+            with torch.no_grad():
+                out["z_probe"] = self.z_probe(lambda z: answer_loss(z)[1], z, prior_z)
         if self.cfg.rationale_vocab:  # the latents the decoder read (samples: a wide q cannot hide behind its mean)
             out["rationale_loss"] = self.rationale_loss(z, batch)
             if posterior is not None:  # the prior's own means, read out too (objective.rationale_prior_weight)
                 out["rationale_prior_loss"] = self.rationale_loss(prior.mean, batch)
         return out
 
+    @staticmethod
+    def z_probe(answer_loss, z: torch.Tensor, prior_z: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Is Z used? The answer loss with Z zeroed and with Z shuffled across the batch (each row gets
+        its neighbour's), and with `prior_z` (a variational objective's prior, which the decoder
+        meets at test time) where given. A decoder that ignores Z scores them all like the Z it
+        trained on; with a batch of one, shuffling changes nothing."""
+        probe = {"ntp_zero_z": answer_loss(torch.zeros_like(z)), "ntp_shuffled_z": answer_loss(z.roll(1, dims=0))}
+        if prior_z is not None:
+            probe["ntp_prior_z"] = answer_loss(prior_z)
+        return {name: loss.detach() for name, loss in probe.items()}
+
+    def slot_steps(self, steps: list[list[int]], k: int) -> list[list[int]]:
+        """The rationale step each slot is tied to (model.rationale_slots): step t for slot t, and with
+        "hold" the last step again for every slot after it; a row without steps ties none."""
+        tied = steps[:k]
+        if self.cfg.rationale_slots == "hold" and tied:
+            tied = tied + [tied[-1]] * (k - len(tied))
+        return tied
+
     def rationale_loss(self, z: torch.Tensor, batch: dict) -> torch.Tensor:
-        """Cross-entropy from each slot's latent to the tokens of its rationale step (slot t to
-        step t, `Example.step_ids`); slots past a row's last step are not scored."""
+        """Cross-entropy from each slot's latent to the tokens of the rationale step it is tied to
+        (`slot_steps` of `Example.step_ids`); slots tied to none are not scored."""
         log_probs = torch.log_softmax(self.rationale_head(z.to(self.rationale_head.weight.dtype)).float(), -1)
-        steps = [(i, t, ids) for i, row in enumerate(batch["step_ids"]) for t, ids in enumerate(row[: z.shape[1]])]
+        k = z.shape[1]
+        steps = [(i, t, ids) for i, row in enumerate(batch["step_ids"]) for t, ids in enumerate(self.slot_steps(row, k))]
         scores = [log_probs[i, t, ids].mean() for i, t, ids in steps]
         return -torch.stack(scores).mean() if scores else log_probs.sum() * 0
 
@@ -569,6 +659,8 @@ def wrap_backbone(backbone, tokenizer, model_cfg, slot_kind: str = "latent", pre
         attn_implementation=model_cfg.attn_implementation,
         sequential=model_cfg.sequential_slots,
         rationale_vocab=rationale_vocab,
+        injector=model_cfg.injector,
+        rationale_slots=model_cfg.rationale_slots,
     )
     return LatentReasoner(backbone, cfg)
 

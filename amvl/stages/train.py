@@ -18,6 +18,7 @@ import json
 import math
 import os
 import shutil
+import statistics
 import time
 from collections import Counter
 from pathlib import Path
@@ -79,8 +80,15 @@ def deepspeed_config(cfg, run_dir: Path) -> dict:
 
 
 def reads_rationale_steps(cfg: Section) -> bool:
-    """Whether the objective has a per-slot rationale loss (its readout is made only then)."""
+    """Whether the objective has a per-slot rationale loss."""
     return bool(cfg.objective.rationale_weight or cfg.objective.rationale_prior_weight)
+
+
+def readout_vocab(cfg: Section, backbone, slot_kind: str) -> int:
+    """The rationale readout's vocabulary: the backbone's embedding rows where a rationale loss or a
+    vocabulary injector reads it, 0 (no readout made) otherwise; ntp and pause have no Z to read out."""
+    wanted = reads_rationale_steps(cfg) or cfg.model.injector == "vocabulary"
+    return backbone.get_input_embeddings().weight.shape[0] if wanted and slot_kind == "latent" else 0
 
 
 def build(cfg: Section, rows: list[dict], run_dir: Path, slot_kind: str, write: bool = True):
@@ -95,13 +103,13 @@ def build(cfg: Section, rows: list[dict], run_dir: Path, slot_kind: str, write: 
             PRECISIONS[cfg.train.precision],
             cfg.model.attn_implementation,
         )
+        torch.manual_seed(cfg.model.init_seed)  # the new modules' initialisation (a small backbone seeds its own)
     else:
         corpus = [row["prompt"] + row["answer"] + row.get("explanation", "") for row in rows]
         tokenizer = build_tokenizer(corpus, cfg.model.vocab_size, cfg.model.latent_slots)
         image_processor = build_image_processor(max(image.width for image in rows[0]["images"]))
         backbone = build_small_qwen(cfg.model, tokenizer)  # initialised in fp32 whatever the precision
-    with_readout = reads_rationale_steps(cfg) and slot_kind == "latent"  # ntp and pause have no Z to read out
-    vocab = backbone.get_input_embeddings().weight.shape[0] if with_readout else 0
+    vocab = readout_vocab(cfg, backbone, slot_kind)
     model = wrap_backbone(backbone, tokenizer, cfg.model, slot_kind, cfg.train.precision, rationale_vocab=vocab)
     if cfg.train.gradient_checkpointing:
         model.enable_gradient_checkpointing()
@@ -113,7 +121,9 @@ def build(cfg: Section, rows: list[dict], run_dir: Path, slot_kind: str, write: 
 
 
 # Keys that change how training is run or watched, not what it computes: a checkpoint resumes across them.
-OPERATIONAL_KEYS = ("launcher", "threads", "monitor", "log_every", "checkpoint_every", "keep_checkpoints", "workers")
+OPERATIONAL_KEYS = (
+    "launcher", "threads", "monitor", "log_every", "z_probe_every", "checkpoint_every", "keep_checkpoints", "workers"
+)  # fmt: skip
 
 
 def fingerprint(cfg: Section, world: int, train_file: Path) -> dict:
@@ -183,6 +193,36 @@ def log_record(step: int, terms: dict, out: dict, lrs: list[float], tokens_per_s
         "lr_latent": lrs[1],
         "tokens_per_s": round(tokens_per_s, 1),
     }
+
+
+def z_use(probe: dict, ntp: float) -> dict:
+    """The Z-use fields of a log line from the model's `z_probe` losses (LatentReasoner.z_probe) and
+    the step's answer loss `ntp`: each loss, and how much it rises when Z is zeroed or shuffled
+    (z_gain, z_gain_shuffled) and when Z zeroed is set against the prior's Z (z_gain_prior)."""
+    record = {name: round(loss.item(), 6) for name, loss in probe.items()}
+    record["z_gain"] = round(record["ntp_zero_z"] - ntp, 6)
+    record["z_gain_shuffled"] = round(record["ntp_shuffled_z"] - ntp, 6)
+    if "ntp_prior_z" in record:
+        record["z_gain_prior"] = round(record["ntp_zero_z"] - record["ntp_prior_z"], 6)
+    return record
+
+
+Z_GAINS = ("z_gain", "z_gain_shuffled", "z_gain_prior")
+
+
+def z_use_summary(records: list[dict], last: int = 10) -> dict:
+    """train_summary's `z_use`: each gain's mean over the last `last` probes (one batch each is noisy)."""
+    probed = [r for r in records if "z_gain" in r][-last:]
+    summary = {g: round(statistics.mean(r[g] for r in probed), 6) for g in Z_GAINS if probed and g in probed[-1]}
+    return {**summary, "probes": len(probed)} if summary else {}
+
+
+def z_use_sentence(gains: dict) -> str:
+    """What the gains say, in words."""
+    said = f"zeroing Z raises the answer loss by {gains['z_gain']:+.3f} nats, shuffling it {gains['z_gain_shuffled']:+.3f}"
+    if "z_gain_prior" in gains:
+        said += f"; against the prior's Z, zeroing raises it by {gains['z_gain_prior']:+.3f}"
+    return said + " (0 if the decoder ignored Z)"
 
 
 def build_inputs(rows: stream.Rows, cfg: Section) -> list[dict]:
@@ -276,10 +316,7 @@ def run(cfg: dict, data_dir: Path, run_dir: Path, threads: int | None = None) ->
 
     train_file = Path(data_dir) / "train.parquet"
     rows = stream.Rows(train_file, split="train")  # read lazily, a row group at a time
-    objective = build_objective(
-        cfg.objective.name, cfg.objective.beta, cfg.objective.gamma, cfg.objective.kl_slot_reduction,
-        cfg.objective.free_bits, cfg.objective.rationale_weight, cfg.objective.rationale_prior_weight,
-    )  # fmt: skip
+    objective = build_objective(**cfg.objective)
     tokenizer, image_processor, model = build(cfg, build_inputs(rows, cfg), run_dir, objective.slot_kind, write=rank == 0)
     dataset, lengths = training_data(train, rows, tokenizer, image_processor, cfg.model.answer_format, run_dir, rank)
     # On a GPU, fused AdamW: one kernel over ZeRO's flat fp32 partition, where the default (foreach)
@@ -299,12 +336,16 @@ def run(cfg: dict, data_dir: Path, run_dir: Path, threads: int | None = None) ->
     data = iter(stream.loader(dataset, batches, stream.train_batch, train.workers))
 
     terms, tag, tick, tokens = {}, latest_tag(checkpoint_dir), time.perf_counter(), 0
-    paddings, fitted = [], Counter()  # of the log window
+    paddings, fitted, z_status = [], Counter(), ""  # of the log window; the last Z-use probe
+    # train.z_probe_every: is Z used? (objectives with latents; `z_use` above)
+    probe_every = train.log_every if train.z_probe_every is None else train.z_probe_every
+    probe_every *= objective.slot_kind == "latent"
     progress = Progress("train", train.steps, "steps", start=start, enabled=rank == 0)
     with progress, open(log_path if rank == 0 else os.devnull, "a") as log:
         for step in range(start, train.steps):
             # train.prior_decode_fraction: this step's decoder reads Z from the prior (a function of seed and step)
             from_prior = np.random.default_rng([train.seed, step]).random() < train.prior_decode_fraction
+            probing = bool(probe_every) and (step + 1) % probe_every == 0
             for micro in range(train.grad_accum):
                 torch.manual_seed(train.seed * 1_000_003 + (step * train.grad_accum + micro) * world + rank)  # Z noise
                 batch, counts, error = next(data)
@@ -312,7 +353,13 @@ def run(cfg: dict, data_dir: Path, run_dir: Path, threads: int | None = None) ->
                     raise UserError(error)
                 paddings.append(stream.padding(batch))
                 fitted += counts
-                out = engine(batch, latents=objective.latents, decode_from="prior" if from_prior else "posterior")
+                out = engine(
+                    batch,
+                    latents=objective.latents,
+                    decode_from="prior" if from_prior else "posterior",
+                    z_probe=probing and micro == train.grad_accum - 1,  # on the step's last micro-batch
+                    prior_answer=bool(objective.aux_weights["prior_answer"]),
+                )
                 terms = objective(out["ntp_loss"], out["prior"], out["posterior"], step, out)
                 if not all_finite(terms["loss"], world):
                     raise UserError(
@@ -323,16 +370,24 @@ def run(cfg: dict, data_dir: Path, run_dir: Path, threads: int | None = None) ->
                 engine.step()
                 tokens += world * sum(len(p) + len(a) for p, a in zip(batch["prompt_ids"], batch["answer_ids"]))
             done = step + 1
-            if done % train.log_every == 0 or done == train.steps:
+            if done % train.log_every == 0 or done == train.steps or probing:
                 elapsed, tick = time.perf_counter() - tick, time.perf_counter()
                 record = log_record(done, mean_over_ranks(terms, world), out, scheduler.get_last_lr(), tokens / elapsed)
                 record.update(data_record(paddings, fitted, world, terms["loss"].device))
+                if engine.get_global_grad_norm() is not None:  # before clipping (train.grad_clip): who dominates it
+                    record["grad_norm"] = round(float(engine.get_global_grad_norm()), 6)
+                if probing:
+                    record.update(z_use(mean_over_ranks(out["z_probe"], world), record["ntp"]))
                 tokens, paddings, fitted = 0, [], Counter()
                 log.write(json.dumps(record) + "\n")
                 log.flush()
                 if engine.monitor.enabled:
                     engine.monitor.write_events([(f"Train/{k}", v, done) for k, v in record.items() if k != "step"])
-                progress.status = f"loss {record['loss']:.3f} ntp {record['ntp']:.3f}"
+                if probing:  # the last probe's gains stay on the line until the next
+                    z_status = f" z_gain {record['z_gain']:+.3f}" + (
+                        f" prior {record['z_gain_prior']:+.3f}" if "z_gain_prior" in record else ""
+                    )
+                progress.status = f"loss {record['loss']:.3f} ntp {record['ntp']:.3f}{z_status}"
             if done % train.checkpoint_every == 0 or done == train.steps:
                 tag = save_checkpoint(engine, checkpoint_dir, done, train.keep_checkpoints, rank)
             progress.update(done)
@@ -349,5 +404,8 @@ def run(cfg: dict, data_dir: Path, run_dir: Path, threads: int | None = None) ->
         records = [json.loads(line) for line in log_path.read_text().splitlines()]
         summary["final"] = records[-1] if records else {}
         summary["data"] = data_summary(records, len(rows), train)
+        summary["z_use"] = z_use_summary(records)
+        if summary["z_use"]:
+            print(f"train: Z use over the last {summary['z_use']['probes']} probes: {z_use_sentence(summary['z_use'])}")
         write_json(run_dir / "train_summary.json", summary)
     return summary
