@@ -67,7 +67,9 @@ def training_steps(methods: dict[str, Section], rows: list[dict]) -> dict[str, t
         backbone = build_small_qwen(cfg.model, tokenizer)
         vocab = readout_vocab(cfg, backbone, objective.slot_kind)
         model = wrap_backbone(backbone, tokenizer, cfg.model, objective.slot_kind, rationale_vocab=vocab).train()
-        batch = collate([encode(r, tokenizer, image_processor, cfg.model.answer_format) for r in rows])
+        examples = [encode(r, tokenizer, image_processor, cfg.model.answer_format, rationale=model.reads_rationale)
+                    for r in rows]  # fmt: skip
+        batch = collate(examples)
         steps[name] = (model, objective, torch.optim.AdamW(model.parameters(), lr=1e-4), batch)
     return steps
 

@@ -80,7 +80,8 @@ def main() -> None:
     objective = build_objective(**cfg.objective)
     size = cfg.train.batch_size
     batches = [
-        collate([encode(rows[j], tokenizer, image_processor, cfg.model.answer_format) for j in range(i * size, (i + 1) * size)])
+        collate([encode(rows[j], tokenizer, image_processor, cfg.model.answer_format, rationale=model.reads_rationale)
+                 for j in range(i * size, (i + 1) * size)])
         for i in range(args.batches)
     ]  # fmt: skip
     norms = census(model, objective, batches, cfg.train.steps)

@@ -22,7 +22,7 @@ def test_step_cost_ends_with_the_ratio_line():
 def test_science_step_cost_times_every_method_of_the_grid():
     lines = run_script("benchmarks/science_step_cost.py", "--repeats", "1")
     assert [line.split(":")[0].strip() for line in lines[:-1]] == [
-        "ntp", "ntp_pause", "latent_det", "elbo", "fwd", "amvl", "amvl_priv"
+        "cot", "ntp", "ntp_pause", "latent_det", "elbo", "fwd", "amvl", "amvl_ra"
     ]  # fmt: skip
     assert re.fullmatch(r"largest ratio to ntp of a method with latents .*: \d+\.\d\d", lines[-1])
 
@@ -30,7 +30,7 @@ def test_science_step_cost_times_every_method_of_the_grid():
 def test_z_probe_cost_times_every_latent_method_with_and_without_the_probe():
     lines = run_script("benchmarks/z_probe_cost.py", "--repeats", "1")
     assert [line.split(":")[0].strip() for line in lines[:-1]] == [
-        "science latent_det", "science elbo", "science fwd", "science amvl", "science amvl_priv",
+        "science latent_det", "science elbo", "science fwd", "science amvl", "science amvl_ra",
         "default elbo", "default fwd", "default rev", "default amvl",
     ]  # fmt: skip
     assert re.fullmatch(r"largest overhead of the probe every 10 steps: -?\d+\.\d% of training time", lines[-1])

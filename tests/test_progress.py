@@ -15,9 +15,9 @@ from amvl.config import STAGE_SECTIONS, validate
 from amvl.io import atomic_dir
 from amvl.progress import Progress, track
 
-# e.g. "train 3/4 steps (75%) | loss 2.314 ntp 2.101 | 1.52 steps/s | elapsed 0:00:01 | eta 0:00:00"
+# e.g. "train 3/4 steps (75%) | loss 2.314 ntp 2.101 | Z gain: shuffled +0.210 zeroed +0.350 | 1.52 steps/s | elapsed 0:00:01 | eta 0:00:00"
 LINE = (
-    r"{name} (\d+)/{total} {unit} \(\d+%\)( \| [^|]+)? \| [\d.]+ {unit}/s"
+    r"{name} (\d+)/{total} {unit} \(\d+%\)( \| [^|]+)* \| [\d.]+ {unit}/s"
     r" \| elapsed \d+:\d\d:\d\d \| eta (\d+:\d\d:\d\d|\?)"
 )
 
@@ -121,6 +121,7 @@ def test_train_cli_prints_progress_lines_to_a_pipe(trained_by_cli):
     found = lines(stdout, "train", 3, "steps")
     assert [int(m.group(1)) for m in found] == [1, 3], stdout  # the first step, then the end
     assert re.search(r"train 3/3 steps \(100%\) \| loss [\d.]+ ntp [\d.]+ \| .* steps/s \| .* \| eta 0:00:00", stdout)
+    assert re.search(r"\| Z gain: shuffled [-+][\d.]+ zeroed [-+][\d.]+ prior [-+][\d.]+ \|", stdout)  # amvl probes Z
 
 
 def test_evaluate_prints_progress_for_answers_and_diagnostics(trained_by_cli, prepared_data, tmp_path, capsys):

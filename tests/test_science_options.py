@@ -65,8 +65,10 @@ def model_for(tokenizer, **model):
 
 def test_a_privileged_posterior_reads_the_rationale_and_the_decoder_does_not(pointer):
     rows, tokenizer, image_processor = pointer
-    examples = [encode(r, tokenizer, image_processor, "letter_and_option") for r in rows]
+    examples = [encode(r, tokenizer, image_processor, "letter_and_option", rationale=True) for r in rows]
     assert all(e.rationale_ids for e in examples)
+    unread = encode(rows[0], tokenizer, image_processor, "letter_and_option")  # nothing reads them: not tokenized
+    assert unread.rationale_ids == [] and unread.step_ids == []
     batch = collate(examples)
     other = collate(examples)
     other["rationale_ids"] = [ids[::-1] for ids in other["rationale_ids"]]  # another rationale, same answer
@@ -89,7 +91,7 @@ def test_a_privileged_posterior_reads_the_rationale_and_the_decoder_does_not(poi
 
 def test_decoding_from_the_prior_uses_the_prior(pointer):
     rows, tokenizer, image_processor = pointer
-    batch = collate([encode(r, tokenizer, image_processor, "letter_and_option") for r in rows])
+    batch = collate([encode(r, tokenizer, image_processor, "letter_and_option", rationale=True) for r in rows])
     model = model_for(tokenizer)
     torch.manual_seed(0)
     with torch.no_grad():
@@ -135,7 +137,7 @@ def test_the_report_answers_the_three_questions_from_the_numbers():
 
 def test_sequential_slots_read_only_the_slots_before_them(pointer):
     rows, tokenizer, image_processor = pointer
-    batch = collate([encode(r, tokenizer, image_processor, "letter_and_option") for r in rows])
+    batch = collate([encode(r, tokenizer, image_processor, "letter_and_option", rationale=True) for r in rows])
     model = model_for(tokenizer, sequential_slots=True)
     z = torch.randn(len(rows), 4, 16, generator=torch.Generator().manual_seed(0))
     changed = z.clone()
@@ -150,7 +152,7 @@ def test_sequential_slots_read_only_the_slots_before_them(pointer):
 
 def test_sequential_prior_in_training_is_the_one_inference_rolls_out(pointer):
     rows, tokenizer, image_processor = pointer
-    batch = collate([encode(r, tokenizer, image_processor, "letter_and_option") for r in rows])
+    batch = collate([encode(r, tokenizer, image_processor, "letter_and_option", rationale=True) for r in rows])
     model = model_for(tokenizer, sequential_slots=True)
     with torch.no_grad():
         rolled = model(batch, latents="prior_mean", decode=False)["prior"]  # latent_det's training roll-out
@@ -165,7 +167,7 @@ def test_sequential_prior_in_training_is_the_one_inference_rolls_out(pointer):
 
 def test_rationale_loss_trains_each_slot_towards_its_step(pointer):
     rows, tokenizer, image_processor = pointer
-    examples = [encode(r, tokenizer, image_processor, "letter_and_option") for r in rows]
+    examples = [encode(r, tokenizer, image_processor, "letter_and_option", rationale=True) for r in rows]
     # Pointer_2hop: one step, "grey points to X.": slot 1 names X, the other slots are not scored
     for example, row in zip(examples, rows):
         assert tokenizer.decode(example.step_ids[0]).strip() == row["explanation"].split()[-1].rstrip(".")
@@ -204,7 +206,7 @@ def test_answer_readout_finds_an_answer_held_in_the_latents_and_not_one_absent()
 @pytest.mark.parametrize("layout", ["suffix", "rollout"])
 def test_kl_terms_train_the_heads_alone_when_kept_from_the_backbone(pointer, layout):
     rows, tokenizer, image_processor = pointer
-    batch = collate([encode(r, tokenizer, image_processor, "letter_and_option") for r in rows])
+    batch = collate([encode(r, tokenizer, image_processor, "letter_and_option", rationale=True) for r in rows])
     model = model_for(tokenizer, sequential_slots=True, posterior_layout=layout, posterior_input="rationale")
     layer = model.backbone.model.language_model.layers[0].mlp.up_proj.weight
     for to_backbone in (True, False):
@@ -222,7 +224,7 @@ def test_kl_terms_train_the_heads_alone_when_kept_from_the_backbone(pointer, lay
 
 def test_rollout_posterior_reads_what_it_is_given_and_the_prior_never_does(pointer):
     rows, tokenizer, image_processor = pointer
-    batch = collate([encode(r, tokenizer, image_processor, "letter_and_option") for r in rows])
+    batch = collate([encode(r, tokenizer, image_processor, "letter_and_option", rationale=True) for r in rows])
     other_steps = {**batch, "step_ids": batch["step_ids"][1:] + batch["step_ids"][:1]}  # another row's steps
     other_answer = {**batch, "answer_ids": [ids[:1] + ids[2:] for ids in batch["answer_ids"]]}
     for reads, sees_steps, sees_answer in [("rationale", True, False), ("answer", False, True),
@@ -246,3 +248,45 @@ def test_rollout_layout_needs_sequential_slots():
     config = validate({"model": {"posterior_layout": "rollout"}, "runs": {"amvl": {}}})
     with pytest.raises(ConfigError, match="runs.amvl.model.posterior_layout: rollout reads a roll-out"):
         check_runs(config)
+
+
+def test_hold_ties_the_slots_after_the_last_step_to_it(pointer):
+    _, tokenizer, _ = pointer
+    steps = [[5], [7, 8]]
+    assert model_for(tokenizer).slot_steps(steps, 4) == [[5], [7, 8]]
+    held = model_for(tokenizer, rationale_slots="hold")
+    assert held.slot_steps(steps, 4) == [[5], [7, 8], [7, 8], [7, 8]]  # the last slot holds the last step
+    assert held.slot_steps([], 4) == [] and held.slot_steps([[1]] * 6, 4) == [[1]] * 4
+
+
+def test_vocabulary_injector_enters_the_token_embeddings_the_readout_names(pointer):
+    rows, tokenizer, image_processor = pointer
+    cfg = Section(validate({"model": {"vocab_size": 400, "injector": "vocabulary"}}))
+    backbone = build_small_qwen(cfg.model, tokenizer)
+    table = backbone.get_input_embeddings().weight
+    model = wrap_backbone(backbone, tokenizer, cfg.model, rationale_vocab=table.shape[0])
+    assert not hasattr(model, "injector")  # no linear projection to train
+    with torch.no_grad():
+        model.rationale_head.weight.zero_()
+        model.rationale_head.bias.fill_(-30.0)
+        model.rationale_head.bias[42] = 30.0  # the readout names token 42 whatever Z is
+    injected = model.inject(torch.randn(2, 4, 16))
+    assert torch.allclose(injected, table[42].detach().expand(2, 4, -1), atol=1e-5)
+
+
+def test_prior_answer_loss_decodes_the_prior_roll_out_and_trains_it(pointer):
+    rows, tokenizer, image_processor = pointer
+    batch = collate([encode(r, tokenizer, image_processor, "letter_and_option", rationale=True) for r in rows])
+    model = model_for(tokenizer, sequential_slots=True, posterior_layout="rollout", posterior_input="rationale")
+    torch.manual_seed(0)
+    out = model(batch, prior_answer=True)
+    with torch.no_grad():
+        thought_scores = model.score_choices(batch, [[ids] for ids in batch["answer_ids"]])  # inference: prior means
+    # the same loss inference would give the gold answer, per token, averaged
+    tokens = sum(len(ids) for ids in batch["answer_ids"])
+    assert out["prior_answer_loss"].item() == pytest.approx(-thought_scores.sum().item() / tokens, rel=1e-4)
+    objective = build_objective("amvl", prior_answer_weight=0.5)
+    terms = objective(out["ntp_loss"], out["prior"], out["posterior"], 0, out)
+    assert torch.isclose(terms["loss"], terms["ntp"] + 0.5 * terms["prior_answer"])
+    out["prior_answer_loss"].backward()
+    assert model.prior_head.proj.weight.grad.abs().sum() > 0  # the prior's roll-out is trained through the answer

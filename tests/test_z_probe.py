@@ -13,6 +13,7 @@ from amvl.data.stream import Rows
 from amvl.model.backbone import load_processors
 from amvl.model.latent import LatentReasoner
 from amvl.stages import convert, prepare, train
+from amvl.stages.report import z_read_from
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +61,10 @@ def test_a_decoder_that_learns_to_read_z_shows_a_gain_in_the_log(reads_z):
     assert summary["z_use"]["probes"] == 10 and summary["z_use"]["z_gain_shuffled"] > 0.1  # read by the end
     assert summary["z_use"]["z_gain"] > 0.1
     assert summary["final"]["ntp"] < 0.05  # the coin is guessed right only through Z
+    onset = z_read_from(records)  # the report's "Z read from step"
+    assert onset != "never" and 10 < int(onset) < 250
+    assert z_read_from([{**r, "z_gain_shuffled": 0.0} for r in records]) == "never"
+    assert z_read_from([{"step": 1, "ntp": 0.5}]) == ""  # no probe: nothing to say
 
 
 def test_a_decoder_cut_off_from_z_shows_no_gain(reads_z, coin_data, tmp_path):
@@ -68,7 +73,7 @@ def test_a_decoder_cut_off_from_z_shows_no_gain(reads_z, coin_data, tmp_path):
     model = LatentReasoner.load(tmp_path / "model").eval()
     tokenizer, image_processor = load_processors(tmp_path / "model")
     rows = Rows(coin_data / "train.parquet", split="train")
-    batch = collate([encode(rows[i], tokenizer, image_processor, "letter_and_option") for i in range(8)])
+    batch = collate([encode(rows[i], tokenizer, image_processor, "letter_and_option", rationale=True) for i in range(8)])
     with torch.no_grad():
         torch.manual_seed(0)
         out = model(batch, z_probe=True)

@@ -55,26 +55,34 @@ def text_tokens(row: dict, tokenizer, answer_format: str) -> int:
     return len(tokenizer(prompt_text(tokenizer, row["prompt"], no_pads)).input_ids) + max(map(len, [answer_ids, *choice_ids]))
 
 
-def fits(row: dict, tokenizer, image_processor, answer_format: str, max_tokens: int) -> bool:
-    """Whether the row fits `max_tokens` at all: with its images at min_pixels."""
-    low = caps(image_processor)[0]
-    return text_tokens(row, tokenizer, answer_format) + image_tokens(row["images"], image_processor, low) <= max_tokens
+Plan = tuple[str, "dict | None"]  # ("", None), ("resized", image processor size) or ("skipped", None)
 
 
-def fit(row: dict, tokenizer, image_processor, answer_format: str, max_tokens: int) -> tuple[Example | None, str]:
-    """(example, "") within the limit as it is, (example, "resized") after resizing its images
-    down, or (None, "skipped"); `max_tokens` 0 = no limit."""
+def plan(row: dict, tokenizer, image_processor, answer_format: str, max_tokens: int) -> Plan:
+    """How the row meets `max_tokens` (0 = no limit), from its text and its images' sizes alone (a
+    header row does): as it is, resized (all its images to the largest max_pixels that fits), or
+    skipped (not even at min_pixels)."""
     if not max_tokens:
-        return encode(row, tokenizer, image_processor, answer_format), ""
+        return "", None
     low, high = caps(image_processor)
     text = text_tokens(row, tokenizer, answer_format)
     fits_at = lambda cap: text + image_tokens(row["images"], image_processor, cap) <= max_tokens  # noqa: E731
     if fits_at(high):
-        return encode(row, tokenizer, image_processor, answer_format), ""
+        return "", None
     if not fits_at(low):
-        return None, "skipped"
+        return "skipped", None
     while high - low > 1:  # the largest cap that fits: image tokens never fall as the cap rises
         middle = (low + high) // 2
         low, high = (middle, high) if fits_at(middle) else (low, middle)
-    size = {"shortest_edge": caps(image_processor)[0], "longest_edge": low}
-    return encode(row, tokenizer, image_processor, answer_format, size=size), "resized"
+    return "resized", {"shortest_edge": caps(image_processor)[0], "longest_edge": low}
+
+
+def fit(row: dict, tokenizer, image_processor, answer_format: str, max_tokens: int, rationale: bool = False,
+        planned: Plan | None = None) -> tuple[Example | None, str]:  # fmt: skip
+    """(example, "") within the limit as it is, (example, "resized") after resizing its images
+    down, or (None, "skipped"), as `plan` decides (or `planned`, decided already from the row's
+    header); `rationale` as `encode` takes it."""
+    status, size = planned or plan(row, tokenizer, image_processor, answer_format, max_tokens)
+    if status == "skipped":
+        return None, status
+    return encode(row, tokenizer, image_processor, answer_format, size=size, rationale=rationale), status

@@ -89,9 +89,12 @@ def rationale_steps(tokenizer, explanation: str) -> list[list[int]]:
     return [tokenizer(" " + words[-1]).input_ids for words in sentences]
 
 
-def encode(row: dict, tokenizer, image_processor, answer_format: str = "letter", size: dict | None = None) -> Example:
+def encode(row: dict, tokenizer, image_processor, answer_format: str = "letter", size: dict | None = None,
+           rationale: bool = False) -> Example:  # fmt: skip
     """`size` ({shortest_edge, longest_edge}: min and max pixels per image) overrides the image
-    processor's own (amvl/data/budget.py resizes an example down to its token limit with it)."""
+    processor's own (amvl/data/budget.py resizes an example down to its token limit with it).
+    `rationale`: also tokenize the row's rationale and its steps, for a model that reads them
+    (`LatentReasoner.reads_rationale`); without it they stay empty."""
     pixels = image_processor(images=row["images"], return_tensors="pt", **({"size": size} if size else {}))
     grids = pixels["image_grid_thw"]
     answer_ids, choice_ids, answer_index = targets(row, tokenizer, answer_format)
@@ -102,8 +105,8 @@ def encode(row: dict, tokenizer, image_processor, answer_format: str = "letter",
         answer_ids=answer_ids,
         choice_ids=choice_ids,
         answer_index=answer_index,
-        rationale_ids=tokenizer(row["explanation"] + " ").input_ids if row.get("explanation") else [],
-        step_ids=rationale_steps(tokenizer, row.get("explanation")),
+        rationale_ids=tokenizer(row["explanation"] + " ").input_ids if rationale and row.get("explanation") else [],
+        step_ids=rationale_steps(tokenizer, row.get("explanation")) if rationale else [],
         pixel_values=pixels["pixel_values"],
         image_grid_thw=grids,
     )

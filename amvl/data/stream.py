@@ -130,9 +130,11 @@ class Encoded(torch.utils.data.Dataset):
     so every micro-batch keeps its size and every rank its step. A bad row gives its one-line
     error instead of raising: raised in a DataLoader worker it would reach the user as a traceback."""
 
-    def __init__(self, rows: Rows, tokenizer, image_processor, answer_format: str, max_tokens: int, key: str):
+    def __init__(self, rows: Rows, tokenizer, image_processor, answer_format: str, max_tokens: int, key: str,
+                 rationale: bool = False, plans: dict | None = None):  # fmt: skip
         self.rows, self.tokenizer, self.image_processor = rows, tokenizer, image_processor
-        self.answer_format, self.max_tokens, self.key = answer_format, max_tokens, key
+        self.answer_format, self.max_tokens, self.key, self.rationale = answer_format, max_tokens, key, rationale
+        self.plans = plans or {}  # row -> budget.plan, where a header pass decided it (`within_budget`)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -142,7 +144,8 @@ class Encoded(torch.utils.data.Dataset):
             for tried in range(min(len(self.rows), STAND_INS)):
                 row = self.rows[(i + tried) % len(self.rows)]
                 example, status = budget.fit(
-                    row, self.tokenizer, self.image_processor, self.answer_format, self.max_tokens
+                    row, self.tokenizer, self.image_processor, self.answer_format, self.max_tokens, self.rationale,
+                    self.plans.get((i + tried) % len(self.rows)),
                 )
                 if example is not None:
                     return example, "skipped" if tried else status, ""
@@ -209,15 +212,13 @@ def lengths(rows: Rows, tokenizer, image_processor, answer_format: str, max_toke
 
 
 def within_budget(rows: Rows, indices: list[int], tokenizer, image_processor, answer_format: str, max_tokens: int):
-    """(`indices` that fit `max_tokens`, those that do not even at min_pixels), from a header pass
-    (only when there is a limit), so that every pass over the kept rows holds the same examples."""
+    """Each of `indices`' budget.plan, from a header pass (only when there is a limit), decided once:
+    encoding then follows it, and every pass over the kept rows holds the same examples."""
     if not max_tokens:
-        return list(indices), []
-    kept, skipped = [], []
-    for i in track(indices, "checking the token budget", "rows"):
-        fits = budget.fits(rows.header(i), tokenizer, image_processor, answer_format, max_tokens)
-        (kept if fits else skipped).append(i)
-    return kept, skipped
+        return {i: ("", None) for i in indices}
+    header = lambda i: rows.header(i)  # noqa: E731
+    return {i: budget.plan(header(i), tokenizer, image_processor, answer_format, max_tokens)
+            for i in track(indices, "checking the token budget", "rows")}  # fmt: skip
 
 
 class Examples:

@@ -251,6 +251,12 @@ class LatentReasoner(nn.Module):
             answer_mask[i, prompt_len + k : prompt_len + k + len(answer)] = True
         return Layout(ids, attention, prompt_len, k, answer_mask, posterior_cols)
 
+    @property
+    def reads_rationale(self) -> bool:
+        """Whether the model reads a row's rationale or its steps (a privileged posterior, a rationale
+        readout): only then are they tokenized (`encode(..., rationale=True)`)."""
+        return self.cfg.slot_kind == "latent" and (self.cfg.posterior_input != "answer" or self.cfg.rationale_vocab > 0)
+
     def slot_ids(self) -> list[int]:
         return [] if self.cfg.slot_kind == "none" else list(self.cfg.prior_slot_ids)
 
@@ -302,25 +308,26 @@ class LatentReasoner(nn.Module):
         names = torch.softmax(self.rationale_head(z.to(self.rationale_head.weight.dtype)).float(), dim=-1)
         return names @ self.backbone.get_input_embeddings().weight.detach().float()
 
-    def roll_out(self, layout, embeds, positions, images, x_last, start, x_cache, draw, privileged=None):
-        """Sequential slots: the prior of slot t is read from the column before it, after x and
-        inj(Z_<t) (x's last column for the first), and Z_t = draw(prior_t, posterior_t); one pass a
-        slot, so slot t has the depth of t passes. The roll-out posterior (layout `rollout`) reads
-        the same state and `privileged[:, t]` (`privileged_inputs`). Returns Z (B, k, d), the
-        priors and the posteriors (None without `privileged`)."""
-        state, draws, priors, posteriors = x_last, [], [], []
-        for t in range(layout.k):
+    def roll_out(self, state, k: int, column, draw, privileged=None, last_column: bool = False):
+        """Sequential slots, in training and at inference: the prior of slot t is read from the
+        state before it (x's last column for the first), Z_t = draw(t, prior_t, posterior_t), and
+        `column(Z_<=t, t)` gives the state after slot t (the final hidden state of its column, the
+        slots holding inj(Z_<=t)); one pass a slot, so slot t has the depth of t passes. The
+        roll-out posterior (layout `rollout`) reads the same state and `privileged[:, t]`
+        (`privileged_inputs`). `last_column`: also the state after the last slot (inference goes on
+        from it). Returns Z (B, k, d), the priors, the posteriors (None without `privileged`) and the
+        last state."""
+        draws, priors, posteriors = [], [], []
+        for t in range(k):
             priors.append(self.prior_head(state[:, None]))
             if privileged is not None:  # scaled to the state's norm, so neither half drowns the other
                 seen = privileged[:, t] * state.detach().norm(dim=-1, keepdim=True)
                 posteriors.append(self.posterior_head(torch.cat([state, seen.to(state.dtype)], -1)[:, None]))
-            draws.append(draw(priors[-1], posteriors[-1] if posteriors else None))
-            if t + 1 < layout.k:
-                slot_embeds = self.with_latents(layout, embeds, torch.cat(draws, 1))
-                cache = PassCache.after(x_cache) if x_cache is not None else None
-                state = self.run(layout, slot_embeds, positions, images, layout.prefix_len + t + 1, start, cache)[:, -1]
+            draws.append(draw(t, priors[-1], posteriors[-1] if posteriors else None))
+            if t + 1 < k or last_column:
+                state = column(torch.cat(draws, 1), t)
         posterior = cat_gaussians(posteriors, dim=1) if posteriors else None
-        return torch.cat(draws, 1), cat_gaussians(priors, dim=1), posterior
+        return torch.cat(draws, 1), cat_gaussians(priors, dim=1), posterior, state
 
     def privileged_inputs(self, batch: dict, k: int) -> torch.Tensor:
         """What the roll-out posterior sees besides the state, (B, k, 2 x hidden): for slot t, the
@@ -404,17 +411,23 @@ class LatentReasoner(nn.Module):
                 prior = self.prior_head(hidden[:, x_end - start : x_end - start + layout.k])
             if latents == "posterior":
                 posterior = self.posterior(hidden, layout, start)
-        # What Z_t is drawn from in a roll-out, given (prior_t, posterior_t)
-        pick = {"prior_mean": lambda p, q: p.mean, "prior": lambda p, q: p.sample(), "posterior": lambda p, q: q.sample()}
+        # What Z_t is drawn from in a roll-out, given (t, prior_t, posterior_t)
+        pick = {"prior_mean": lambda t, p, q: p.mean, "prior": lambda t, p, q: p.sample(),
+                "posterior": lambda t, p, q: q.sample()}  # fmt: skip
         source = "prior_mean" if latents == "prior_mean" or (sequential and not decode) else decode_from
 
-        def roll(draw, privileged=None):  # a roll-out over the current layout (`roll_out`)
-            return self.roll_out(layout, embeds, positions, images, x_last, start, x_cache, draw, privileged)
+        def column(z, t):  # training: slots 1..t+1 run again after x's cache (which never grows: see PassCache)
+            cache = PassCache.after(x_cache) if x_cache is not None else None
+            slot_embeds = self.with_latents(layout, embeds, z)
+            return self.run(layout, slot_embeds, positions, images, layout.prefix_len + t + 1, start, cache)[:, -1]
+
+        def roll(draw, seen_by_q=None):  # a roll-out over the current layout: Z, priors, posteriors
+            return self.roll_out(x_last, layout.k, column, draw, seen_by_q)[:3]
 
         if rollout and decode:  # prior_t and q_t from the state after Z_<t drawn from `decode_from`
             z, prior, posterior = roll(pick[decode_from], self.privileged_inputs(batch, layout.k))
         elif rollout:  # q's own roll-out (its means) given what it sees; the prior's given x alone
-            posterior = roll(lambda p, q: q.mean, self.privileged_inputs(batch, layout.k))[2]
+            posterior = roll(lambda t, p, q: q.mean, self.privileged_inputs(batch, layout.k))[2]
             prior = roll(pick["prior_mean"])[1]
         elif sequential and source in ("prior_mean", "prior"):
             z, prior, _ = roll(pick[source])
@@ -490,14 +503,15 @@ class LatentReasoner(nn.Module):
         images, embeds, positions = self.inputs(layout, batch)
         cache, x_end, prior = DynamicCache(), layout.prefix_len, None
         if self.cfg.slot_kind == "latent" and self.cfg.sequential:  # slot by slot, each read after Z_<t
-            state, draws, priors = self.run(layout, embeds, positions, images, stop=x_end, cache=cache)[:, -1], [], []
-            for t in range(layout.k):
-                priors.append(self.prior_head(state[:, None]))
-                draws.append(priors[-1].sample(tau) if z is None else z[:, t : t + 1])
-                embeds = self.with_latents(layout, embeds, torch.cat(draws, 1))
-                hidden = self.run(layout, embeds, positions, images, x_end + t + 1, x_end + t, cache)
-                state = hidden[:, -1]
-            prior = cat_gaussians(priors, dim=1)
+
+            def column(drawn, t):  # inference: the cache grows by slot t's column
+                return self.run(layout, self.with_latents(layout, embeds, drawn), positions, images, x_end + t + 1,
+                                x_end + t, cache)[:, -1]  # fmt: skip
+
+            draw = lambda t, p, q: p.sample(tau) if z is None else z[:, t : t + 1]  # noqa: E731
+            x_last = self.run(layout, embeds, positions, images, stop=x_end, cache=cache)[:, -1]
+            _, prior, _, last = self.roll_out(x_last, layout.k, column, draw, last_column=True)
+            hidden = last[:, None]
         elif self.cfg.slot_kind == "latent":
             self.run(layout, embeds, positions, images, stop=x_end, cache=cache)
             prior = self.prior_head(self.run(layout, embeds, positions, images, layout.slots.stop, x_end, cache))

@@ -79,15 +79,19 @@ class Counted:
 QUESTION_COLUMNS = ["idx", "sub_task", "answer", "choices"]  # what records need: read without the images
 
 
-def questions(cfg, split: stream.Rows, rows: list[dict], tokenizer, image_processor, answer_format: str):
+def questions(cfg, split: stream.Rows, rows: list[dict], tokenizer, image_processor, answer_format: str,
+              rationale: bool = False):  # fmt: skip
     """(rows to answer, rows skipped, their examples, streamed): the images capped at
     evaluate.min/max_pixels where set; with evaluate.max_tokens, questions over it are resized
-    down, and those that do not fit even at min_pixels are skipped."""
+    down, and those that do not fit even at min_pixels are skipped. `rationale`: the model reads
+    the rows' rationales (a privileged posterior's oracle), so they are tokenized too."""
     budget.set_caps(image_processor, cfg.min_pixels, cfg.max_pixels, "evaluate")
-    indices = [row["row"] for row in rows]
-    kept = set(stream.within_budget(split, indices, tokenizer, image_processor, answer_format, cfg.max_tokens)[0])
-    answered, skipped = [r for r in rows if r["row"] in kept], [r for r in rows if r["row"] not in kept]
-    dataset = stream.Encoded(split, tokenizer, image_processor, answer_format, cfg.max_tokens, "evaluate.max_tokens")
+    plans = stream.within_budget(split, [row["row"] for row in rows], tokenizer, image_processor, answer_format,
+                                 cfg.max_tokens)  # fmt: skip
+    answered = [r for r in rows if plans[r["row"]][0] != "skipped"]
+    skipped = [r for r in rows if plans[r["row"]][0] == "skipped"]
+    dataset = stream.Encoded(split, tokenizer, image_processor, answer_format, cfg.max_tokens, "evaluate.max_tokens",
+                             rationale, plans)  # fmt: skip
     return answered, skipped, stream.Examples(dataset, [r["row"] for r in answered], cfg.workers)
 
 
@@ -152,7 +156,8 @@ def run(cfg: dict, model_dir: Path, data_dir: Path, out_dir: Path, threads: int 
     dtype = None if cfg.precision == "auto" else PRECISIONS[cfg.precision]  # auto: the training precision
     model = LatentReasoner.load(model_dir, device(cfg.device), dtype).eval()
     tokenizer, image_processor = load_processors(model_dir)
-    rows, skipped, examples = questions(cfg, split, rows, tokenizer, image_processor, model.cfg.answer_format)
+    rows, skipped, examples = questions(cfg, split, rows, tokenizer, image_processor, model.cfg.answer_format,
+                                        model.reads_rationale)  # fmt: skip
     mine = my_batches(rows, cfg.batch_size, rank, world)
 
     records = [record(row, "(Z)", "", "skipped") for row in skipped]  # over evaluate.max_tokens: scored wrong

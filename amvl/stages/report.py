@@ -209,15 +209,26 @@ def paper_table() -> tuple[str, list]:
     return paper["source"], [header, *rows]
 
 
-def training_table(summaries: dict[str, dict]) -> list:
+def z_read_from(log: list[dict], gain: float = 0.1, probes: int = 3) -> str:
+    """The first step from which the decoder reads Z's content: the shuffled-Z gain stays above `gain`
+    nats for `probes` probes in a row ("never" if it does not; "" for a run that logs no probe)."""
+    probed = [(r["step"], r["z_gain_shuffled"] > gain) for r in log if "z_gain_shuffled" in r]
+    for i in range(len(probed) - probes + 1):
+        if all(above for _, above in probed[i : i + probes]):
+            return str(probed[i][0])
+    return "never" if probed else ""
+
+
+def training_table(summaries: dict[str, dict], logs: dict[str, list[dict]]) -> list:
     rows = [["run", "objective", "steps", "final L_ntp", "final KL(q‖p) terms", "sigma prior / posterior",
-             "Z use: zeroed / shuffled / prior's Z (nats)"]]  # fmt: skip
+             "Z use: zeroed / shuffled / prior's Z (nats)", "Z read from step"]]  # fmt: skip
     for run, s in summaries.items():
         final, z_use = s.get("final", {}), s.get("z_use", {})
         kls = ", ".join(f"{k} {final[k]:.3g}" for k in ("kl_forward", "kl_reverse", "kl_joint") if k in final)
         sigmas = " / ".join(f"{final[k]:.3g}" for k in ("sigma_prior", "sigma_posterior") if k in final)
         gains = " / ".join(f"{z_use[k]:+.3f}" for k in ("z_gain", "z_gain_shuffled", "z_gain_prior") if k in z_use)
-        rows.append([run, s["objective"], str(s["steps"]), f"{final.get('ntp', float('nan')):.3f}", kls, sigmas, gains])
+        rows.append([run, s["objective"], str(s["steps"]), f"{final.get('ntp', float('nan')):.3f}", kls, sigmas, gains,
+                     z_read_from(logs.get(run, []))])  # fmt: skip
     return rows
 
 
@@ -315,12 +326,13 @@ def run(cfg: dict, metrics_paths: list[Path], summary_paths: list[Path], out_dir
         plots.save(plots.toy_theory(theory.leakage_curve()), folder / "theory.png")
         blocks += [
             ("h", 2, "Training"),
-            ("table", training_table(summaries)),
+            ("table", training_table(summaries, logs)),
             ("p", "Z use: how much the answer loss of a training batch rises, with no gradient, when the latents "
                   "the decoder was trained on are zeroed or shuffled across the batch, and (variational objectives) "
                   "how much lower it is with the prior's Z than with Z zeroed; the mean of the last 10 probes "
                   "(train.z_probe_every). Near 0: the decoder ignores Z. Zeroed Z is out of distribution for a "
-                  "decoder, so 'shuffled' is the cleaner test of whether Z's content is read."),
+                  "decoder, so 'shuffled' is the cleaner test of whether Z's content is read; 'Z read from step' "
+                  "is the first probe from which the shuffled gain stays above 0.1 nats for three probes."),
             ("p", "A method has one colour in every figure; its seeds share it and differ in line style."),
             ("img", "training curves", "training_curves.png"),
             ("p", "A KL weight is shown only for the runs whose objective uses it. Runs with the same schedule share "

@@ -238,15 +238,18 @@ def build_inputs(rows: stream.Rows, cfg: Section) -> list[dict]:
     return text
 
 
-def training_data(train, rows, tokenizer, image_processor, answer_format: str, run_dir: Path, rank: int):
-    """The examples (encoded when a batch needs them, within the token budget) and, for
-    train.group_by_length, every row's length."""
+def training_data(train, rows, tokenizer, image_processor, answer_format: str, run_dir: Path, rank: int,
+                  rationale: bool = False):  # fmt: skip
+    """The examples (encoded when a batch needs them, within the token budget; their rationales
+    too where the model reads them) and, for train.group_by_length, every row's length."""
     budget.set_caps(image_processor, train.min_pixels, train.max_pixels, "train")
     if rank == 0 and (train.min_pixels or train.max_pixels):  # convert and evaluate read the capped one
         image_processor.save_pretrained(run_dir / "skeleton")
     if train.workers:  # the workers fork after the tokenizer trained: no threads of its own in them
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    dataset = stream.Encoded(rows, tokenizer, image_processor, answer_format, train.max_tokens, "train.max_tokens")
+    dataset = stream.Encoded(
+        rows, tokenizer, image_processor, answer_format, train.max_tokens, "train.max_tokens", rationale
+    )
     if not train.group_by_length:
         return dataset, None
     return dataset, stream.lengths(rows, tokenizer, image_processor, answer_format, train.max_tokens)
@@ -318,7 +321,8 @@ def run(cfg: dict, data_dir: Path, run_dir: Path, threads: int | None = None) ->
     rows = stream.Rows(train_file, split="train")  # read lazily, a row group at a time
     objective = build_objective(**cfg.objective)
     tokenizer, image_processor, model = build(cfg, build_inputs(rows, cfg), run_dir, objective.slot_kind, write=rank == 0)
-    dataset, lengths = training_data(train, rows, tokenizer, image_processor, cfg.model.answer_format, run_dir, rank)
+    answer_format = cfg.model.answer_format
+    dataset, lengths = training_data(train, rows, tokenizer, image_processor, answer_format, run_dir, rank, model.reads_rationale)
     # On a GPU, fused AdamW: one kernel over ZeRO's flat fp32 partition, where the default (foreach)
     # allocates temporaries of the partition's size. The CPU keeps the default.
     fused = True if device().type == "cuda" else None
@@ -383,8 +387,8 @@ def run(cfg: dict, data_dir: Path, run_dir: Path, threads: int | None = None) ->
                 log.flush()
                 if engine.monitor.enabled:
                     engine.monitor.write_events([(f"Train/{k}", v, done) for k, v in record.items() if k != "step"])
-                if probing:  # the last probe's gains stay on the line until the next
-                    z_status = f" z_gain {record['z_gain']:+.3f}" + (
+                if probing:  # the last probe's gains stay on the line until the next; shuffled first (in distribution)
+                    z_status = f" | Z gain: shuffled {record['z_gain_shuffled']:+.3f} zeroed {record['z_gain']:+.3f}" + (
                         f" prior {record['z_gain_prior']:+.3f}" if "z_gain_prior" in record else ""
                     )
                 progress.status = f"loss {record['loss']:.3f} ntp {record['ntp']:.3f}{z_status}"

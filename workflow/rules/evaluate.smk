@@ -9,7 +9,8 @@ rule evaluate:
     params:
         config=lambda w: stage_json("evaluate", w.run),
         # `amvl`, or the configured launcher (torchrun) starting `python -m amvl` per process
-        amvl=lambda w: amvl_config.launch_command(config, w.run, "evaluate"),
+        amvl=lambda w: amvl_config.launch_command(config, w.run, "evaluate", w.get("benchmark", "")),
+        benchmark=lambda w: f"--benchmark {w.benchmark}" if "benchmark" in w.keys() else "",
         data=lambda w, input: os.path.dirname(input.split),
         out=lambda w, output: os.path.dirname(output[0]),
     threads: lambda w: amvl_config.resolve_run(config, w.run)["evaluate"]["threads"] or workflow.cores
@@ -21,28 +22,15 @@ rule evaluate:
         f"logs/{EXP}/evaluate/{{run}}.log",
     shell:
         "{params.amvl} evaluate --config-json {params.config:q} --model {input.model:q} --data {params.data}"
-        " --out {params.out} --threads {threads} 2>&1 | tee {log}"
+        " {params.benchmark} --out {params.out} --threads {threads} 2>&1 | tee {log}"
 
 
 # Every run on every configured benchmark (config `benchmarks`), one job each.
-rule evaluate_benchmark:
+use rule evaluate as evaluate_benchmark with:
     input:
         model=lambda w: amvl_config.model_folder(config, w.run),
         split="data/benchmarks/{benchmark}/val.parquet",
     output:
         f"results/{EXP}/{{run}}/{{benchmark}}/metrics.json",
-    params:
-        config=lambda w: stage_json("evaluate", w.run),
-        amvl=lambda w: amvl_config.launch_command(config, w.run, "evaluate", w.benchmark),
-        data=lambda w, input: os.path.dirname(input.split),
-        out=lambda w, output: os.path.dirname(output[0]),
-    threads: lambda w: amvl_config.resolve_run(config, w.run)["evaluate"]["threads"] or workflow.cores
-    resources:
-        gpu=lambda w: amvl_config.evaluate_gpus(config, w.run),
-    conda:
-        "../../envs/amvl.yaml"
     log:
         f"logs/{EXP}/evaluate/{{run}}.{{benchmark}}.log",
-    shell:
-        "{params.amvl} evaluate --config-json {params.config:q} --model {input.model:q} --data {params.data}"
-        " --benchmark {wildcards.benchmark} --out {params.out} --threads {threads} 2>&1 | tee {log}"
