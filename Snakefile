@@ -26,6 +26,7 @@ try:
     # Validates against workflow/schemas/config.schema.yaml and fills its defaults.
     config = amvl_config.check_runs(amvl_config.validate(config))
     amvl_config.check_paths(config)  # a mistyped input path stops the plan, naming key and path
+    amvl_config.check_dataset(config)  # another experiment's data, prepared from other settings
     # GPUs per training, and per evaluation where it runs on several (evaluate.launcher)
     GPUS = {run: amvl_config.train_gpus(config, run) for run in config["runs"]}
     EVAL_GPUS = {run: amvl_config.evaluate_gpus(config, run) for run in config["runs"]}

@@ -44,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="dataset folder to write, e.g. data/synthetic")
     p.add_argument("--benchmark", help="instead: read this benchmark of config `benchmarks` (vstar, hrbench_4k, ...)")
     p.add_argument("--root", type=Path, help="with --benchmark: the folder of its local copy")
+    p.add_argument("--experiment", default="", help="the experiment preparing it (recorded: another may not reuse it)")
 
     p = sub.add_parser("train", help="train one run with DeepSpeed (resumes from its last checkpoint)")
     add_config_args(p, with_run=True)
@@ -136,7 +137,7 @@ def dispatch(args) -> int:
     if args.stage == "prepare":
         from amvl.stages import prepare
 
-        prepare.run(cfg, args.out)
+        prepare.run(cfg, args.out, args.experiment)
     elif args.stage == "train":
         from amvl.stages import train
 

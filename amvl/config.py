@@ -183,6 +183,27 @@ def check_paths(config: dict) -> None:
             raise ConfigError(f"{key}: {path} does not exist")
 
 
+def check_dataset(config: dict, root: Path = Path(".")) -> None:
+    """Stop at planning time if data/<dataset>/ holds another experiment's data prepared from other
+    data settings: preparing again would silently change that experiment's inputs. (The same
+    experiment with edited settings prepares again, as any rerun does.)"""
+    name = config["dataset"]
+    meta_path = root / "data" / name / "dataset.json"
+    if not meta_path.is_file():
+        return
+    meta = json.loads(meta_path.read_text())
+    owner, theirs = meta.get("experiment"), meta.get("data")
+    ours = json.loads(json.dumps(config["data"]))  # tuples as JSON lists, as recorded
+    if not owner or theirs is None or owner == config["experiment"] or theirs == ours:
+        return
+    key = next(k for k in sorted({*theirs, *ours}) if theirs.get(k) != ours.get(k))
+    raise ConfigError(
+        f"dataset: data/{name} holds experiment {owner}'s data (data.{key}: {theirs.get(key)!r}), "
+        f"experiment {config['experiment']} has data.{key}: {ours.get(key)!r}; "
+        f"give it its own dataset name, or delete data/{name} to prepare it again"
+    )
+
+
 def stage_config(config: dict, stage: str, run: str | None = None) -> dict:
     """The sections `stage` reads (for one run if given): what Snakemake passes to the rule."""
     resolved = resolve_run(config, run) if run else config

@@ -99,6 +99,12 @@ def test_official_steps(response, choices, expected, route):
         (COMPARED, IMAGES, "(B)"),  # the last paragraph decides
         ("The corresponding point is labeled A on the right image.", POINTS, "(A)"),  # standalone letter
         ("B is darker than A.", REFLECTANCE, "(B)"),
+        # a one-word answer in Chinese or Japanese names the option (flamingov2's "左", "はい")
+        ("左", ["left", "right"], "(A)"),
+        ("右边。", ["left", "right"], "(B)"),
+        ("はい", ["yes", "no"], "(A)"),
+        ("いいえ", ["yes", "no"], "(B)"),
+        ("下方", ["above", "below"], "(B)"),
     ],
 )
 def test_fallback_finds(response, choices, expected):
@@ -128,6 +134,9 @@ def test_fallback_finds(response, choices, expected):
         ("E)", TWO),
         ("It must be (D) because", TWO),
         ("I count 13 squares", FOUR),  # "3" inside "13" is not the option
+        # a foreign word only as the whole answer, and only for an option that is that word
+        ("我认为是左边", ["left", "right"]),
+        ("左", ["yes", "no"]),
     ],
 )
 def test_fallback_no_answer(response, choices):

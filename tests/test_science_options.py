@@ -133,6 +133,30 @@ def test_the_report_answers_the_three_questions_from_the_numbers():
     elbo = answers["elbo (3 seeds)"]
     assert elbo[3] == "not used" and elbo[4] == "39.0 ± 0.8" and elbo[-2:] == ["ntp", "amvl (-2.0)"]
     assert science_blocks({"ntp": metrics(0.4)}) == []  # nothing with latents: no section
+    # latent_det trains no posterior: its oracle and follow-wrong read an untrained head, so it cannot leak
+    runs = {f"latent_det_s{i}": metrics(0.70, zero=0.30, oracle=0.10) for i in range(2)}
+    blocks = science_blocks(runs, no_posterior={"latent_det"})
+    assert blocks[2][1][1][1] == "70.0 ± 0.0 / 30.0 ± 0.0 / no posterior"
+    assert blocks[-1][1][1][3:7] == ["used", "no posterior", "no posterior", "no (no posterior)"]
+
+
+def test_the_leakage_table_gives_each_method_its_mean_over_seeds():
+    from amvl.stages.report import diagnostics_table
+
+    def diagnostics(prior):
+        return {"prior_accuracy": prior, "oracle_accuracy": 0.9, "leakage_gap": 0.9 - prior, "follow_wrong_rate": 0.2,
+                "follow_wrong_if_ignored": 0.125, "answer_swap_variance": 0.01, "kl_posterior_prior": prior,
+                "prior_variance": 1.0, "ablations": {"zero": 0.3, "noise": 0.3, "shuffled": prior},
+                "tau_sweep": {"0": prior, "0.2": 0.5, "1.0": 0.4}}  # fmt: skip
+
+    runs = {"amvl_s0": diagnostics(0.5), "amvl_s1": diagnostics(0.7), "fwd": diagnostics(0.6)}
+    table = diagnostics_table({run: {"per_task": {"a": 1.0}, "diagnostics": d} for run, d in runs.items()} | {"ntp": {"per_task": {"a": 1.0}}})
+    rows = {row[0]: row for row in table[1:]}
+    assert list(rows) == ["amvl_s0", "amvl_s1", "amvl: mean ± std over 2 seeds", "fwd", "ntp"]  # one seed: no mean row
+    mean = rows["amvl: mean ± std over 2 seeds"]
+    assert mean[1:5] == ["60.0 ± 10.0", "90.0 ± 0.0", "30.0 ± 10.0", "20.0 ± 0.0 (12.5 ± 0.0)"]
+    assert mean[6] == "0.6 ± 0.1" and mean[-1] == "60.0 ± 10.0 / 50.0 ± 0.0 / 40.0 ± 0.0"
+    assert rows["amvl_s0"][1] == "50.0" and rows["ntp"][1] == "n/a (no latent slots)"
 
 
 def test_sequential_slots_read_only_the_slots_before_them(pointer):

@@ -162,8 +162,22 @@ def test_a_mistyped_input_path_stops_the_plan_with_one_line(smoke_project, tmp_p
     assert errors == ["config error: data.train_records: /nonexistent/train.jsonl does not exist"]
 
 
+def test_another_experiment_may_not_prepare_over_a_dataset_with_other_settings(smoke_project, tmp_path):
+    """data/smoke is the smoke experiment's: another experiment naming it with other data settings
+    stops the plan; the smoke experiment itself, its data edited, plans prepare again."""
+    size = validate(yaml.safe_load((smoke_project / "config/smoke.yaml").read_text()))["data"]["train_size"]
+    errors = plan_errors(smoke_project, tmp_path, f"experiment: other\ndata:\n  train_size: {size + 1}\n")
+    assert errors == [
+        f"config error: dataset: data/smoke holds experiment smoke's data (data.train_size: {size}), experiment "
+        f"other has data.train_size: {size + 1}; give it its own dataset name, or delete data/smoke to prepare it again"
+    ]
+    edited = tmp_path / "edited.yaml"
+    edited.write_text(f"data:\n  train_size: {size + 1}\n")
+    assert planned(smoke_project, *SMOKE, str(edited))["prepare"] == 1
+
+
 def test_dvc_round_trip_as_the_readme_says(smoke_project, tmp_path):
-    """README "Versioning with DVC", step by step: dvc repro, dvc push, commit dvc.lock; in a second
+    """docs/DVC.md, step by step: dvc repro, dvc push, commit dvc.lock; in a second
     clone dvc pull, amvl restamp; then Snakemake has nothing to do and dvc status is clean."""
     remote, project, clone = tmp_path / "remote", tmp_path / "origin", tmp_path / "clone"
     shutil.copytree(smoke_project, project, symlinks=True)
@@ -336,7 +350,7 @@ def test_a_config_file_given_on_the_command_line_stands_alone(smoke_project):
 @pytest.mark.slow
 def test_leak_demo_shows_a_leak_in_some_seeds_and_none_with_both_terms(tmp_path):
     """config/leak_demo.yaml through real Snakemake (about 5 minutes): `pytest -m slow`. The leak
-    is seed-dependent (README): a fwd seed leaks completely, no amvl seed does."""
+    is seed-dependent (docs/RESEARCH.md): a fwd seed leaks completely, no amvl seed does."""
     project = copy_project(tmp_path)
     run_tool(["snakemake", "--cores", "2", "--configfile", "config/leak_demo.yaml"], cwd=project)
     gaps = defaultdict(list)

@@ -19,6 +19,8 @@ forms folded ("（B）" is "(B)"):
 7. An option's text as a whole phrase, any case, "the" optional: "Box B more accurately...",
    "point D on the second image" (options "Point A".."Point D"), "Second image.". An option
    named only inside a longer named one does not count ("right" inside "upper right").
+   A response that is only an option word in Chinese or Japanese ("左", "はい。") names that
+   option ("left", "yes"): FOREIGN_OPTION_WORDS.
 8. A standalone capital letter: "the corresponding point is labeled A on the right".
 9. Otherwise "(Z)", unanswered and counted wrong.
 When rule 5, 6, 7 or 8 finds several choices, the one it finds alone in the first of these parts
@@ -31,7 +33,8 @@ before a lowercase word ("A cat is on the left") is the article.
 
 Where this still departs from the official matcher: paraphrased options ("point A appears
 closer" for "A is closer", "three" for "3"), negations ("not B", "B is wrong, so A"), answers
-given only as reasoning ("the handle of the spoon"), answers in other languages, and responses
+given only as reasoning ("the handle of the spoon"), answers in other languages beyond a
+one-word option (a sentence in Chinese is not read: a word inside it may be negated), and responses
 declaring or listing several letters (officially the model may still pick one). Valid choices
 are "(A)" up to the row's number of options; a letter outside them ("E" for two options) gives
 "(Z)" here, the letter itself officially; both count as wrong.
@@ -62,6 +65,20 @@ CANNOT_TELL = re.compile(
     r"(?i)\b(?:not possible|cannot|can't|can not|unable|impossible)(?: to)?(?: \w+ly)? (?:determine|tell|say|be determined)"
     r"|\bneither\b|\bI'm sorry\b"
 )
+# BLINK's one-word options as models answer them in other languages. Of the 19 models whose val
+# responses BLINK saved, only flamingov2 answers so: "左" for left (133 questions, all of
+# Multi-view_Reasoning, each mapped to "left" by the official GPT matcher) and "はい" for yes (7; the
+# matcher mapped 3 to yes, 4 to nothing). Chinese (simplified and traditional) and Japanese, then;
+# a whole response only, punctuation aside.
+FOREIGN_OPTION_WORDS = {
+    "left": ("左", "左边", "左邊", "左側", "向左", "ひだり"),
+    "right": ("右", "右边", "右邊", "右側", "向右", "みぎ"),
+    "yes": ("是", "是的", "对", "對", "はい", "ええ"),
+    "no": ("否", "不", "不是", "不对", "不對", "いいえ"),
+    "above": ("上", "上面", "上方", "上边", "上邊"),
+    "below": ("下", "下面", "下方", "下边", "下邊"),
+}
+WORD_OF = {foreign: word for word, foreigns in FOREIGN_OPTION_WORDS.items() for foreign in foreigns}
 # What follows an article "A": a lowercase word, though not a verb or conjunction ("A is darker").
 ARTICLE_NOUN = re.compile(r"\s+(?!is\b|because\b|since\b)[a-z]")
 
@@ -106,6 +123,13 @@ def named_options(text: str, choices: list[str], valid: list[str]) -> set[str]:
     return {c for c, own in spans.items() if own and not all(inside_other(x, y, c) for x, y in own)}
 
 
+def foreign_option(text: str, choices: list[str], valid: list[str]) -> str | None:
+    """The option a whole response names by its word in Chinese or Japanese ("左" -> "left")."""
+    word = WORD_OF.get(re.sub(r"[\W_]+", "", text))
+    named = [c for c, o in zip(valid, choices) if word and re.sub(r"^the\s+", "", o.strip().lower()) == word]
+    return named[0] if len(named) == 1 else None
+
+
 def parts(text: str) -> list[str]:
     """Where a response states its answer, most trusted first: after answer words, its first
     sentence, its last paragraph, its last sentence."""
@@ -128,6 +152,9 @@ def fallback(response: str, choices: list[str], valid: list[str]) -> str:
     leading = LEADING.match(text)
     if leading and f"({leading.group(1)})" in valid:
         return f"({leading.group(1)})"
+    foreign = foreign_option(text, choices, valid)
+    if foreign:
+        return foreign
     declared = letters(ANSWERED, text, valid)
     if declared:  # two letters declared ("the answer is A... the answer is B") is no answer
         return declared.pop() if len(declared) == 1 else UNANSWERED

@@ -52,7 +52,7 @@ def blink_split(data, split: str) -> Iterator[dict]:
                 yield blink_local.with_disclaimer(row, data.disclaimer)
 
 
-def run(cfg: dict, out_dir: Path) -> None:
+def run(cfg: dict, out_dir: Path, experiment: str = "") -> None:
     data = Section(cfg).data
     if data.source == "blink" and not data.blink_root:
         raise ConfigError(f"data.blink_root: empty; {blink_local.HOW_TO_GET}")
@@ -85,7 +85,10 @@ def run(cfg: dict, out_dir: Path) -> None:
                 counts[split] = count
             else:
                 path.unlink()  # a split the BLINK copy does not have (test)
-        write_json(tmp / "dataset.json", {"source": data.source, "train_records": data.train_records, "rows": counts})
+        # Who prepared it, and from which settings: config.check_dataset stops another experiment
+        # with other data settings from preparing over it.
+        meta = {"source": data.source, "train_records": data.train_records, "rows": counts}
+        write_json(tmp / "dataset.json", {**meta, "experiment": experiment, "data": cfg["data"]})
 
 
 def benchmark(name: str, root: Path, out_dir: Path) -> None:

@@ -21,6 +21,7 @@ from amvl import theory
 from amvl.data import benchmarks
 from amvl.evaluation import plots
 from amvl.io import atomic_dir
+from amvl.objectives import OBJECTIVES
 
 PAPER = Path(__file__).resolve().parent.parent / "evaluation" / "paper_blink.json"
 
@@ -107,24 +108,48 @@ def benchmark_blocks(name: str, metrics: dict[str, dict]) -> list:
     ]  # fmt: skip
 
 
+# The leakage table's columns: (header, what to read from diagnostics, percent or not, how values join).
+DIAGNOSTIC_COLUMNS = [
+    ("prior acc", lambda d: [d["prior_accuracy"]], True, ""),
+    ("oracle acc", lambda d: [d["oracle_accuracy"]], True, ""),
+    ("leak gap", lambda d: [d["leakage_gap"]], True, ""),
+    ("follow-wrong (if Z ignored)", lambda d: [d["follow_wrong_rate"], d["follow_wrong_if_ignored"]], True, "()"),
+    ("answer-swap var", lambda d: [d["answer_swap_variance"]], False, ""),
+    ("KL(q‖p)", lambda d: [d["kl_posterior_prior"]], False, ""),
+    ("prior var", lambda d: [d["prior_variance"]], False, ""),
+    ("Z=0 acc", lambda d: [d["ablations"]["zero"]], True, ""),
+    ("noise Z acc", lambda d: [d["ablations"]["noise"]], True, ""),
+    ("shuffled Z acc", lambda d: [d["ablations"]["shuffled"]], True, ""),
+    ("tau 0 / 0.2 / 1.0 acc", lambda d: list(d["tau_sweep"].values()), True, " / "),
+]
+
+
 def diagnostics_table(metrics: dict[str, dict]) -> list:
-    header = ["run", "prior acc", "oracle acc", "leak gap", "follow-wrong (if Z ignored)", "answer-swap var",
-              "KL(q‖p)", "prior var", "Z=0 acc", "noise Z acc", "shuffled Z acc", "tau 0 / 0.2 / 1.0 acc"]  # fmt: skip
-    rows = [header]
+    """One row per run, and after the seeds of a method one row of their mean ± std."""
+    rows = [["run"] + [header for header, *_ in DIAGNOSTIC_COLUMNS]]
+    width = len(rows[0])
+    by_method = defaultdict(list)
     for run, m in metrics.items():
-        d = m.get("diagnostics")
-        if not d:
-            rows.append([run] + ["n/a (no latent slots)" if m.get("per_task") else ""] + [""] * (len(header) - 2))
-            continue
-        pct = lambda v: f"{100 * v:.1f}"  # noqa: E731
-        rows.append(
-            [run, pct(d["prior_accuracy"]), pct(d["oracle_accuracy"]), pct(d["leakage_gap"]),
-             f"{pct(d['follow_wrong_rate'])} ({pct(d['follow_wrong_if_ignored'])})", f"{d['answer_swap_variance']:.3g}",
-             f"{d['kl_posterior_prior']:.3g}", f"{d['prior_variance']:.3g}", pct(d["ablations"]["zero"]),
-             pct(d["ablations"]["noise"]), pct(d["ablations"]["shuffled"]),
-             " / ".join(pct(v) for v in d["tau_sweep"].values())]
-        )  # fmt: skip
+        by_method[method_of(run)].append((run, m.get("diagnostics")))
+    for method, runs in by_method.items():
+        for run, d in runs:
+            if not d:
+                rows.append([run] + ["n/a (no latent slots)" if metrics[run].get("per_task") else ""] + [""] * (width - 2))
+                continue
+            rows.append([run] + [diagnostic_cell([[v] for v in read(d)], pct, join) for _, read, pct, join in DIAGNOSTIC_COLUMNS])
+        seeds = [d for _, d in runs if d]
+        if len(seeds) > 1:
+            rows.append([f"{method}: mean ± std over {len(seeds)} seeds"] + [
+                diagnostic_cell(list(zip(*(read(d) for d in seeds))), pct, join) for _, read, pct, join in DIAGNOSTIC_COLUMNS
+            ])  # fmt: skip
     return rows
+
+
+def diagnostic_cell(values: list[list[float]], pct: bool, join: str) -> str:
+    """Each inner list is one quantity over seeds (one value for a single run)."""
+    said = [cell(list(v)) if pct else f"{statistics.mean(v):.3g}" + (f" ± {statistics.pstdev(v):.2g}" if len(v) > 1 else "")
+            for v in values]  # fmt: skip
+    return f"{said[0]} ({said[1]})" if join == "()" else join.join(said)
 
 
 def multi_hop(tasks) -> list[str]:
@@ -137,9 +162,11 @@ def pooled_sd(a: list[float], b: list[float]) -> float:
     return math.sqrt((mean_std(a)[1] ** 2 + mean_std(b)[1] ** 2) / 2)
 
 
-def science_blocks(metrics: dict[str, dict]) -> list:
+def science_blocks(metrics: dict[str, dict], no_posterior: set[str] = frozenset()) -> list:
     """Per subtask, mean ± std over seeds, of what decides the paper's claim, and the three
-    questions answered from those numbers (amvl/evaluation/diagnostics.py `per_task`)."""
+    questions answered from those numbers (amvl/evaluation/diagnostics.py `per_task`). Methods in
+    `no_posterior` (latent_det) train no posterior: its oracle and follow-wrong read an untrained
+    head, so they are not shown and such a method cannot leak."""
     by_method = defaultdict(list)
     for run, m in metrics.items():
         if m.get("per_task"):
@@ -154,9 +181,10 @@ def science_blocks(metrics: dict[str, dict]) -> list:
         if not all(m.get("diagnostics", {}).get("per_task") for m in ms):
             continue  # no latent slots (or results from before per-subtask diagnostics)
         per = lambda key, t: [m["diagnostics"]["per_task"][t][key] for m in ms]  # noqa: E731
+        posterior = lambda t: "no posterior" if method in no_posterior else (  # noqa: E731
+            f"{cell(per('oracle_accuracy', t))} / {cell(per('follow_wrong_rate', t))} ({cell(per('follow_wrong_if_ignored', t))})")
         table.append([method_label(method, ms)] + [
-            f"{cell(per('prior_accuracy', t))} / {cell(per('zero_accuracy', t))} / {cell(per('oracle_accuracy', t))}"
-            f" / {cell(per('follow_wrong_rate', t))} ({cell(per('follow_wrong_if_ignored', t))})" for t in tasks
+            f"{cell(per('prior_accuracy', t))} / {cell(per('zero_accuracy', t))} / {posterior(t)}" for t in tasks
         ])  # fmt: skip
         average = lambda key: [statistics.mean(m["diagnostics"]["per_task"][t][key] for t in hard) for m in ms]  # noqa: E731
         keys = ["prior_accuracy", "zero_accuracy", "oracle_accuracy", "follow_wrong_rate", "follow_wrong_if_ignored"]
@@ -178,14 +206,15 @@ def science_blocks(metrics: dict[str, dict]) -> list:
                 gap = statistics.mean(hard_accuracy[m]) - statistics.mean(accuracy)
                 beats = gap > 2 * pooled_sd(hard_accuracy[m], accuracy) and len(accuracy) > 1
                 above.append(other) if beats else not_above.append(f"{other} ({100 * gap:+.1f})")
-        read = [f"{cell(v['answer_readout_posterior'])} / {cell(v['answer_readout_prior'])}"] if readout else []
+        q = "no posterior" if m in no_posterior else None
+        read = [f"{q or cell(v['answer_readout_posterior'])} / {cell(v['answer_readout_prior'])}"] if readout else []
+        leaks = "leaks" if mean["follow_wrong_rate"] - mean["follow_wrong_if_ignored"] > 0.05 else "no"
         answers.append([
             method_label(m, by_method[m]), cell(v["prior_accuracy"]), cell(v["zero_accuracy"]),
             "used" if mean["prior_accuracy"] - mean["zero_accuracy"] >= 0.10 else "not used",
-            cell([o - p for o, p in zip(v["oracle_accuracy"], v["prior_accuracy"])]),
-            f"{cell(v['follow_wrong_rate'])} ({cell(v['follow_wrong_if_ignored'])})", *read,
-            "leaks" if mean["follow_wrong_rate"] - mean["follow_wrong_if_ignored"] > 0.05 else "no",
-            ", ".join(above) or "none", ", ".join(not_above) or "none",
+            q or cell([o - p for o, p in zip(v["oracle_accuracy"], v["prior_accuracy"])]),
+            q or f"{cell(v['follow_wrong_rate'])} ({cell(v['follow_wrong_if_ignored'])})", *read,
+            "no (no posterior)" if q else leaks, ", ".join(above) or "none", ", ".join(not_above) or "none",
         ])  # fmt: skip
     return [
         ("h", 2, "Is Z used, does it leak, does it help? (per subtask, mean ± std over seeds)"),
@@ -320,7 +349,8 @@ def run(cfg: dict, metrics_paths: list[Path], summary_paths: list[Path], out_dir
                 ("img", "slot similarity", "slot_similarity.png"),
                 ("img", "modality sensitivity", "modality.png"),
             ]
-        blocks += science_blocks(metrics)
+        no_posterior = {method_of(r) for r, s in summaries.items() if OBJECTIVES.get(s.get("objective"), ("", ""))[1] == "prior_mean"}
+        blocks += science_blocks(metrics, no_posterior)
         plots.save(plots.training_curves(logs, styles), folder / "training_curves.png")
         plots.save(plots.schedules(logs, styles), folder / "schedules.png")
         plots.save(plots.toy_theory(theory.leakage_curve()), folder / "theory.png")

@@ -14,4 +14,4 @@ rule prepare:
     log:
         f"logs/prepare/{config['dataset']}.log",
     shell:
-        "amvl prepare --config-json {params.config:q} --out {params.out} 2>&1 | tee {log}"
+        "amvl prepare --config-json {params.config:q} --experiment {EXP} --out {params.out} 2>&1 | tee {log}"
