@@ -1,4 +1,4 @@
-"""Pin the CPU kernel paths, so a run gives the same bits on any x86 CPU with AVX2.
+"""Pin the CPU kernel paths, so a run gives the same bits whichever kernels the CPU would select.
 
 torch, MKL and oneDNN each pick their kernels from the CPU they find (AVX-512 here, AVX2 there);
 the kernels sum in different orders, a training run drifts by an ulp per step, and after 1,500
@@ -7,6 +7,10 @@ for their AVX2 paths, which every x86 CPU of the last decade has (measured cost 
 project's CPU training: none). Set AMVL_NATIVE_KERNELS=1 to let each library pick its fastest
 path instead. The environment must be set before torch is imported: `amvl.cli` calls `pin()`
 first thing. Thread counts matter too (sums split by thread); the config fixes them.
+
+Not pinned: the CPU vendor. MKL honours `MKL_CBWR=AVX2` on Intel CPUs only; on AMD it takes one
+path whatever the branch, so Intel and AMD machines still differ (docs/RUNNING.md, "Not across CPU
+vendors"; `COMPATIBLE` would align them at about 2.5x the matmul time, not yet checked on Intel).
 """
 
 from __future__ import annotations

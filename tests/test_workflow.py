@@ -164,7 +164,8 @@ def test_a_mistyped_input_path_stops_the_plan_with_one_line(smoke_project, tmp_p
 
 def test_another_experiment_may_not_prepare_over_a_dataset_with_other_settings(smoke_project, tmp_path):
     """data/smoke is the smoke experiment's: another experiment naming it with other data settings
-    stops the plan; the smoke experiment itself, its data edited, plans prepare again."""
+    stops the plan; the smoke experiment itself, its data edited, plans prepare again; another
+    experiment with the same settings shares it."""
     size = validate(yaml.safe_load((smoke_project / "config/smoke.yaml").read_text()))["data"]["train_size"]
     errors = plan_errors(smoke_project, tmp_path, f"experiment: other\ndata:\n  train_size: {size + 1}\n")
     assert errors == [
@@ -174,6 +175,9 @@ def test_another_experiment_may_not_prepare_over_a_dataset_with_other_settings(s
     edited = tmp_path / "edited.yaml"
     edited.write_text(f"data:\n  train_size: {size + 1}\n")
     assert planned(smoke_project, *SMOKE, str(edited))["prepare"] == 1
+    shared = tmp_path / "shared.yaml"  # the same settings: the data is shared, never prepared again
+    shared.write_text("experiment: other\n")
+    assert "prepare" not in planned(smoke_project, *SMOKE, str(shared)) and "train" in planned(smoke_project, *SMOKE, str(shared))
 
 
 def test_dvc_round_trip_as_the_readme_says(smoke_project, tmp_path):

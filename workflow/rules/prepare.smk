@@ -9,9 +9,11 @@ rule prepare:
     params:
         config=stage_json("prepare"),
         out=lambda w, output: os.path.dirname(output.train),
+        # recorded in dataset.json: another experiment with other data settings may not prepare over it
+        owner=amvl_config.dataset_owner(config),
     conda:
         "../../envs/amvl.yaml"
     log:
         f"logs/prepare/{config['dataset']}.log",
     shell:
-        "amvl prepare --config-json {params.config:q} --experiment {EXP} --out {params.out} 2>&1 | tee {log}"
+        "amvl prepare --config-json {params.config:q} --experiment {params.owner} --out {params.out} 2>&1 | tee {log}"
