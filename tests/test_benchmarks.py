@@ -5,6 +5,7 @@ import re
 import subprocess
 import sys
 
+import pytest
 from conftest import REPO, tool_env
 
 
@@ -36,6 +37,7 @@ def test_z_probe_cost_times_every_latent_method_with_and_without_the_probe():
     assert re.fullmatch(r"largest overhead of the probe every 10 steps: -?\d+\.\d% of training time", lines[-1])
 
 
+@pytest.mark.slow  # about 40 s: kept out of the default run
 def test_data_scale_ends_with_the_two_ratio_lines():
     lines = run_script("benchmarks/data_scale.py", "--sizes", "6", "12", "--steps", "2", "--batch", "2", "--repeats", "1")
     assert re.fullmatch(r"peak RSS ratio \(large/small\): \d+\.\d\d", lines[-2])

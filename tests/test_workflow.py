@@ -138,6 +138,7 @@ def test_lint_is_clean(tmp_path):
     assert "Congratulations, your workflow is in a good condition!" in result.stdout + result.stderr
 
 
+@pytest.mark.slow  # kept out of the default run for time (docs/DEVELOPMENT.md)
 def test_another_config_neither_overwrites_nor_replans_the_first(smoke_project, tmp_path):
     """config/leak_demo.yaml (one run, shrunk) after the smoke DAG: its outputs go to their own
     folders, and the smoke DAG still has nothing to do."""
@@ -177,9 +178,11 @@ def test_another_experiment_may_not_prepare_over_a_dataset_with_other_settings(s
     assert planned(smoke_project, *SMOKE, str(edited))["prepare"] == 1
     shared = tmp_path / "shared.yaml"  # the same settings: the data is shared, never prepared again
     shared.write_text("experiment: other\n")
-    assert "prepare" not in planned(smoke_project, *SMOKE, str(shared)) and "train" in planned(smoke_project, *SMOKE, str(shared))
+    jobs = planned(smoke_project, *SMOKE, str(shared))
+    assert "prepare" not in jobs and "train" in jobs
 
 
+@pytest.mark.slow  # kept out of the default run for time (docs/DEVELOPMENT.md)
 def test_dvc_round_trip_as_the_readme_says(smoke_project, tmp_path):
     """docs/DVC.md, step by step: dvc repro, dvc push, commit dvc.lock; in a second
     clone dvc pull, amvl restamp; then Snakemake has nothing to do and dvc status is clean."""
@@ -213,6 +216,7 @@ def test_dvc_round_trip_as_the_readme_says(smoke_project, tmp_path):
     assert planned(clone, "--configfile", "config/config.yaml", str(edited)) == after_training(len(LOGGED_TERMS))
 
 
+@pytest.mark.slow  # kept out of the default run for time (docs/DEVELOPMENT.md)
 def test_sigkilled_training_resumes_where_it_stopped(tmp_path):
     """SIGKILL Snakemake mid-training, rerun it: training resumes from the last checkpoint and
     ends with the loss of an uninterrupted run."""
@@ -301,6 +305,7 @@ def test_the_paper_config_plans_one_training_at_a_time_on_an_8_gpu_node(tmp_path
     assert "models/real_scale/base" not in out and "runs/real_scale/base" not in out
 
 
+@pytest.mark.slow  # kept out of the default run for time (docs/DEVELOPMENT.md)
 def test_local_gpu_trainings_never_overlap(tmp_path):
     """Real Snakemake, with a stand-in torchrun that records when it runs: two 8-GPU trainings,
     two free cores. Without --resources gpu=N the run stops before starting anything; with
