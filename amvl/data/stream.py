@@ -216,8 +216,7 @@ def within_budget(rows: Rows, indices: list[int], tokenizer, image_processor, an
     encoding then follows it, and every pass over the kept rows holds the same examples."""
     if not max_tokens:
         return {i: ("", None) for i in indices}
-    header = lambda i: rows.header(i)  # noqa: E731
-    return {i: budget.plan(header(i), tokenizer, image_processor, answer_format, max_tokens)
+    return {i: budget.plan(rows.header(i), tokenizer, image_processor, answer_format, max_tokens)
             for i in track(indices, "checking the token budget", "rows")}  # fmt: skip
 
 
