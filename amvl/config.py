@@ -183,27 +183,28 @@ def check_paths(config: dict) -> None:
             raise ConfigError(f"{key}: {path} does not exist")
 
 
-def prepared_dataset(config: dict, root: Path = Path(".")) -> dict:
-    """What data/<dataset>/dataset.json records (empty before prepare has run)."""
+def prepared_dataset(config: dict, root: Path = Path(".")) -> tuple[dict, dict]:
+    """(what data/<dataset>/dataset.json records, empty before prepare has run; this config's data
+    settings as it would record them, tuples as JSON lists)."""
     meta_path = root / "data" / config["dataset"] / "dataset.json"
-    return json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    return meta, json.loads(json.dumps(config["data"]))
 
 
 def dataset_owner(config: dict, root: Path = Path(".")) -> str:
     """The experiment the prepare rule records as the dataset's owner: the one that prepared it,
     as long as the settings are the same (configs sharing a dataset then never re-prepare it on a
     switch), else this config's."""
-    meta = prepared_dataset(config, root)
-    same = meta.get("data") == json.loads(json.dumps(config["data"]))  # tuples as JSON lists, as recorded
-    return meta.get("experiment") if same and meta.get("experiment") else config["experiment"]
+    meta, ours = prepared_dataset(config, root)
+    return meta.get("experiment") if meta.get("data") == ours and meta.get("experiment") else config["experiment"]
 
 
 def check_dataset(config: dict, root: Path = Path(".")) -> None:
     """Stop at planning time if data/<dataset>/ holds another experiment's data prepared from other
     data settings: preparing again would silently change that experiment's inputs. (The same
     experiment with edited settings prepares again, as any rerun does.)"""
-    meta, name = prepared_dataset(config, root), config["dataset"]
-    owner, theirs, ours = meta.get("experiment"), meta.get("data"), json.loads(json.dumps(config["data"]))
+    (meta, ours), name = prepared_dataset(config, root), config["dataset"]
+    owner, theirs = meta.get("experiment"), meta.get("data")
     if not owner or theirs is None or owner == config["experiment"] or theirs == ours:
         return
     key = next(k for k in sorted({*theirs, *ours}) if theirs.get(k) != ours.get(k))
