@@ -4,6 +4,7 @@
 #   snakemake --cores all --resources gpu=8 --configfile config/real_scale.yaml   # one training at a time
 # Each rule calls one `amvl` command and passes it, as JSON, only the config sections that
 # stage reads: editing a training value reruns train and what follows, never prepare.
+import os
 import sys
 
 from snakemake.utils import min_version
@@ -19,6 +20,7 @@ if not workflow.overwrite_configfiles:
 
 
 sys.path.insert(0, workflow.basedir)  # the amvl package of this checkout, installed or not
+from amvl import cluster as amvl_cluster
 from amvl import config as amvl_config
 from amvl.errors import ConfigError
 
@@ -57,6 +59,9 @@ include: "workflow/rules/report.smk"
 
 
 onstart:
+    # A job no node of its partition can run pends for ever; name it and stop instead.
+    if amvl_cluster.submits_to_slurm(workflow):
+        amvl_cluster.watch_pending(os.getcwd())
     # Snakemake counts GPUs only when told how many there are: without --resources gpu=N it would
     # start every GPU training at once, on the same GPUs. (A cluster executor places jobs itself.)
     if workflow.local_exec and not workflow.touch and any([*GPUS.values(), *EVAL_GPUS.values()]):

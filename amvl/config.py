@@ -8,6 +8,7 @@ and resolves a run (its overrides deep-merged over the base sections).
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 import shlex
@@ -30,6 +31,12 @@ STAGE_SECTIONS = {
     "evaluate": ["evaluate"],
     "report": [],
 }
+
+
+@functools.cache
+def _schema_validator() -> jsonschema.protocols.Validator:
+    """The config schema's validator, read once: the Snakefile resolves runs hundreds of times."""
+    return _DefaultingValidator(load_schema())
 
 
 def load_schema() -> dict:
@@ -69,7 +76,7 @@ def validate(config: dict, *, prefix: str = "", schema: dict | None = None) -> d
     """Validate `config` in place, fill defaults and return it; raise ConfigError naming the key."""
     if not isinstance(config, dict):
         raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {type(config).__name__}")
-    validator = _DefaultingValidator(schema or load_schema())
+    validator = _DefaultingValidator(schema) if schema else _schema_validator()
     error = jsonschema.exceptions.best_match(validator.iter_errors(config))
     if error is not None:
         raise ConfigError(_one_line(error, prefix))
@@ -253,10 +260,30 @@ LAUNCHERS = {
 
 
 def _launcher(launcher: str) -> tuple[list[str], dict | None]:
-    """The launcher's words, and which of LAUNCHERS it is (None: another program)."""
+    """The launcher's words, and which of LAUNCHERS it is (None: another program). Under `srun
+    [options] torchrun ...`, the words from torchrun on: srun starts one of it per node."""
     words = shlex.split(launcher)
+    if _srun_words(words):
+        words = words[len(_srun_words(words)) :]
     name = "torchrun" if "torch.distributed.run" in words else Path(words[0]).name if words else ""
     return words, LAUNCHERS.get(name)
+
+
+def _srun_words(words: list[str]) -> list[str]:
+    """`srun` and its options, where the launcher starts with srun; else []."""
+    if not words or Path(words[0]).name != "srun":
+        return []
+    return words[: next((i for i, w in enumerate(words) if Path(w).name == "torchrun"), len(words))]
+
+
+def launcher_nodes(cfg: dict, run: str) -> int:
+    """Nodes one training of `run` spans: srun's --nodes where the launcher is `srun --nodes N
+    torchrun ...` (a multi-node SLURM job), else 1."""
+    srun = _srun_words(shlex.split(resolve_run(cfg, run)["train"]["launcher"]))
+    nodes = _option(srun, ("--nodes", "-N")) if srun else None
+    if nodes is not None and not nodes.isdigit():
+        raise ConfigError(f"train.launcher (run {run}): srun --nodes must be a whole number of nodes, got {nodes!r}")
+    return int(nodes or 1)
 
 
 def _option(words: list[str], names: tuple[str, ...]) -> str | None:
@@ -309,12 +336,31 @@ def rendezvous_port(cfg: dict, run: str) -> int:
 def launch_command(cfg: dict, run: str, stage: str = "train", benchmark: str = "") -> str:
     """How the train or evaluate rules start `amvl`: directly, or through the run's multi-process
     launcher (`deepspeed ...`, `torchrun ...`), which then starts `python -m amvl` once per
-    process, on the job's own rendezvous port unless the launcher names one."""
+    process, on the job's own rendezvous port unless the launcher names one. `srun --nodes N
+    torchrun ...` starts one torchrun on each node of the SLURM job, meeting on its first node."""
     launcher = resolve_run(cfg, run)[stage]["launcher"]
     if not launcher:
         return "amvl"
     words, known = _launcher(launcher)
+    job = run if stage == "train" else f"{run}/{stage}/{benchmark}"  # the training's port as it always was
+    srun = _srun_words(shlex.split(launcher))
+    if srun:
+        if known is not LAUNCHERS["torchrun"] or stage != "train":
+            raise ConfigError(f"{stage}.launcher (run {run}): srun must start torchrun, as `srun --nodes N torchrun --nproc_per_node G`")
+        return srun_torchrun(srun, words, launcher_nodes(cfg, run), rendezvous_port(cfg, job))
     if known and _option(words, known["own_port"]) is None:
-        job = run if stage == "train" else f"{run}/{stage}/{benchmark}"  # the training's port as it always was
         launcher += f" {known['port']} {rendezvous_port(cfg, job)}"
     return f"{launcher} --module amvl"
+
+
+def srun_torchrun(srun: list[str], torchrun: list[str], nodes: int, port: int) -> str:
+    """`srun ... torchrun ...` as the train rule runs it inside its SLURM job: one torchrun per node
+    (srun's own options kept, e.g. --gpus-per-node where job steps must name their GPUs), sharing
+    the CPUs of the step Snakemake runs the rule in (--overlap), all meeting at the job's first
+    node (c10d rendezvous, which numbers the nodes)."""
+    head = '"$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"'
+    return (
+        f'{shlex.join(srun)} --overlap --ntasks-per-node 1 --cpus-per-task "$SLURM_CPUS_ON_NODE" '
+        f'{shlex.join(torchrun)} --nnodes {nodes} --rdzv-backend c10d --rdzv-id "$SLURM_JOB_ID" --rdzv-endpoint {head}:{port}'
+        " --module amvl"
+    )

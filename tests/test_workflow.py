@@ -271,25 +271,6 @@ def jobs(out: str, rule: str) -> list[str]:
     return [block.split("\n[")[0] for block in out.split(f"rule {rule}:")[1:]]
 
 
-def test_slurm_profile_gives_each_training_a_gpu_node_of_its_own(tmp_path):
-    """The real-scale config through the SLURM profile, as a dry run (no cluster here)."""
-    project = copy_project(tmp_path)
-    args = ["snakemake", "-n", "-p", "--profile", "profiles/slurm", *paper_setting(tmp_path)]
-    out = run_tool(args, cwd=project).stdout
-    trainings = jobs(out, "train")
-    assert len(trainings) == 2  # the amvl and ntp runs
-    for job in trainings:
-        resources = re.search(r"resources: (.*)", job)[1].split(", ")
-        assert {"slurm_partition=gpu", "gpu=8", "nodes=1", "slurm_extra=--exclusive", "runtime=2880"} <= set(resources)
-        assert re.search(r"Shell command: torchrun --nproc_per_node 8 --master-port \d+ --module amvl train", job)
-    evaluations = jobs(out, "evaluate") + jobs(out, "evaluate_benchmark")
-    assert len(evaluations) == 3 * 5  # the base model (zero-shot), amvl and ntp; on BLINK and four benchmarks
-    for job in evaluations:
-        assert {"gpu=8", "nodes=1"} <= set(re.search(r"resources: (.*)", job)[1].split(", "))
-        assert re.search(r"torchrun --nproc_per_node 8 --master-port \d+ --module amvl evaluate", job)
-    assert len(jobs(out, "prepare_benchmark")) == 4
-
-
 def test_the_paper_config_plans_one_training_at_a_time_on_an_8_gpu_node(tmp_path):
     """`snakemake --resources gpu=8` on the node: each training and each evaluation asks for all 8
     GPUs (so two never run together) and rendezvouses on its own port; the base model trains not."""

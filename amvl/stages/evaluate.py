@@ -131,6 +131,8 @@ def rank_and_world() -> tuple[int, int]:
     (0, 1) without one. Their group is set up here: gloo on the CPU, NCCL between GPUs."""
     world = int(os.environ.get("WORLD_SIZE", 1))
     if world > 1 and not torch.distributed.is_initialized():
+        if torch.cuda.is_available():  # GPU LOCAL_RANK of this node (RANK counts every node's processes): NCCL's
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))  # gather_object and device cuda take it
         torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     return int(os.environ.get("RANK", 0)), world
 

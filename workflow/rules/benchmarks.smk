@@ -6,6 +6,9 @@ rule prepare_benchmark:
     params:
         root=lambda w: config["benchmarks"][w.benchmark],
         out=lambda w, output: os.path.dirname(output[0]),
+    threads: job_threads("other")
+    resources:
+        **job_resources("other"),
     conda:
         "../../envs/amvl.yaml"
     log:

@@ -6,8 +6,9 @@ rule convert:
     params:
         config=stage_json("convert"),
         run_dir=lambda w, input: os.path.dirname(input[0]),
+    threads: job_threads("convert")
     resources:
-        gpu=0,  # consolidates the ZeRO checkpoint on the CPU
+        **job_resources("convert"),  # no GPU: consolidates the ZeRO checkpoint on the CPU
     conda:
         "../../envs/amvl.yaml"
     log:

@@ -13,9 +13,9 @@ rule evaluate:
         benchmark=lambda w: f"--benchmark {w.benchmark}" if "benchmark" in w.keys() else "",
         data=lambda w, input: os.path.dirname(input.split),
         out=lambda w, output: os.path.dirname(output[0]),
-    threads: lambda w: amvl_config.resolve_run(config, w.run)["evaluate"]["threads"] or workflow.cores
+    threads: job_threads("evaluate")
     resources:
-        gpu=lambda w: amvl_config.evaluate_gpus(config, w.run),  # its launcher's, or one where it runs on one
+        **job_resources("evaluate"),  # GPUs: its launcher's, or one where it runs on one
     conda:
         "../../envs/amvl.yaml"
     log:

@@ -11,6 +11,9 @@ rule prepare:
         out=lambda w, output: os.path.dirname(output.train),
         # recorded in dataset.json: another experiment with other data settings may not prepare over it
         owner=amvl_config.dataset_owner(config),
+    threads: job_threads("other")
+    resources:
+        **job_resources("other"),
     conda:
         "../../envs/amvl.yaml"
     log:

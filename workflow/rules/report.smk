@@ -11,6 +11,9 @@ rule report:
     params:
         config=stage_json("report"),
         out=lambda w, output: os.path.dirname(output.report),
+    threads: job_threads("other")
+    resources:
+        **job_resources("other"),
     conda:
         "../../envs/amvl.yaml"
     log:

@@ -15,10 +15,9 @@ rule train:
         data=lambda w, input: os.path.dirname(input.train),
         out=lambda w, output: os.path.dirname(output[0]),
     # train.threads > 0 caps a run's threads, so Snakemake can train several runs side by side
-    threads: lambda w: amvl_config.resolve_run(config, w.run)["train"]["threads"] or workflow.cores
+    threads: job_threads("train")
     resources:
-        # the GPUs its launcher starts processes on: with --resources gpu=8, two 8-GPU trainings never overlap
-        gpu=lambda w: GPUS[w.run],
+        **job_resources("train"),
     conda:
         "../../envs/amvl.yaml"
     log:
