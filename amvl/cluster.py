@@ -5,7 +5,7 @@ profiles/slurm/cluster.yaml, or the file AMVL_SLURM_CLUSTER names, validated aga
 workflow/schemas/cluster.schema.yaml; the profile's body never needs editing. The rules turn
 it into each job's SLURM resources (`job_resources`), and the workflow watches its pending jobs:
 SLURM leaves a job that asks more than any node of its partition has pending for ever (reason
-PartitionConfig), so `watch_pending` names it in one line and stops the workflow instead.
+PartitionConfig), so `watch_pending` names it in one line, cancels it and stops the workflow.
 """
 
 import os
@@ -152,18 +152,23 @@ def never_starting(workdir: str) -> list[dict]:
 
 def watch_pending(workdir: str, every: float = 5.0) -> threading.Thread:
     """Check this workflow's pending jobs every `every` seconds; at the first that can never start,
-    print one line naming it and stop the workflow as Ctrl-C would (Snakemake cancels its jobs)."""
+    print one line naming it, tell Snakemake to start nothing more (SIGTERM: it lets running jobs
+    finish, then stops; SIGINT would be ignored where Snakemake was started in the background) and
+    cancel the job, so the workflow ends failed instead of waiting for ever."""
 
     def watch():
+        named = set()
         while True:
             try:
                 jobs = never_starting(workdir)
             except OSError:  # no squeue here after all: nothing to watch
                 return
-            if jobs:
-                print(f"amvl: {describe(jobs[0])}", file=sys.stderr, flush=True)
-                os.kill(os.getpid(), signal.SIGINT)
-                return
+            for job in jobs:
+                if not named:
+                    print(f"amvl: {describe(job)}", file=sys.stderr, flush=True)
+                    os.kill(os.getpid(), signal.SIGTERM)
+                named.add(job["JobId"])
+                subprocess.run(["scancel", job["JobId"]], capture_output=True)
             threading.Event().wait(every)
 
     thread = threading.Thread(target=watch, name="amvl-slurm-watch", daemon=True)

@@ -199,7 +199,8 @@ def test_cancelled_and_killed_jobs_resume_to_the_same_weights(cluster, workflows
 
 def test_a_job_no_node_can_run_is_named_within_a_minute(cluster, workflows):
     """A training asking 64 CPUs would pend for ever (PartitionConfig): the workflow names it in
-    one line, cancels it and stops."""
+    one line, cancels it and stops (by SIGTERM, which works where Snakemake ignores SIGINT, as
+    when started in the background)."""
     project, output = workflows["projects"]["big"], workflows["outputs"]["big"]
     assert workflows["codes"]["big"] != 0
     lines = [line for line in output.splitlines() if line.startswith("amvl: ")]
