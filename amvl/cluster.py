@@ -23,7 +23,7 @@ from amvl.errors import ConfigError
 REPO = Path(__file__).resolve().parent.parent
 CLUSTER_ENV = "AMVL_SLURM_CLUSTER"
 DEFAULT_CLUSTER_FILE = REPO / "profiles" / "slurm" / "cluster.yaml"
-SCHEMA_PATH = REPO / "workflow" / "schemas" / "cluster.schema.yaml"
+SCHEMA_PATH = amvl_config.SCHEMA_PATH.with_name("cluster.schema.yaml")
 
 # Pending reasons that no amount of waiting changes: the job asks more than its partition's
 # nodes, node count or time limit allow, or what its account or QOS may ever have.

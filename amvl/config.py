@@ -263,8 +263,7 @@ def _launcher(launcher: str) -> tuple[list[str], dict | None]:
     """The launcher's words, and which of LAUNCHERS it is (None: another program). Under `srun
     [options] torchrun ...`, the words from torchrun on: srun starts one of it per node."""
     words = shlex.split(launcher)
-    if _srun_words(words):
-        words = words[len(_srun_words(words)) :]
+    words = words[len(_srun_words(words)) :]
     name = "torchrun" if "torch.distributed.run" in words else Path(words[0]).name if words else ""
     return words, LAUNCHERS.get(name)
 

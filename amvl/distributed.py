@@ -26,7 +26,8 @@ SAFE_DEEPSPEED_GLOBALS = {
 }
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 free at this moment."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -36,7 +37,7 @@ def import_deepspeed():
     """Import DeepSpeed; outside a launcher, pose as rank 0 of 1 (otherwise it looks for MPI)."""
     if "RANK" not in os.environ:
         os.environ.update(
-            MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), RANK="0", LOCAL_RANK="0", WORLD_SIZE="1"
+            MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), RANK="0", LOCAL_RANK="0", WORLD_SIZE="1"
         )
     import deepspeed
     from deepspeed.accelerator import get_accelerator

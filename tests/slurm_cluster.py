@@ -15,6 +15,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from amvl.distributed import free_port
+
 DAEMONS = ("/usr/sbin/munged", "/usr/sbin/slurmctld", "/usr/sbin/slurmd")
 
 
@@ -36,12 +38,6 @@ def install() -> None:
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     for command in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "munge", "slurm-wlm"]):
         subprocess.run(command, env=env, check=True, capture_output=True, timeout=900)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class SlurmCluster:
@@ -92,8 +88,8 @@ class SlurmCluster:
         host, cpus = socket.gethostname(), 8 * os.cpu_count()
         memory = int(int(Path("/proc/meminfo").read_text().split()[1]) / 1024 * 0.8)  # MB, under what slurmd finds
         lines = [
-            "ClusterName=amvltest", f"SlurmctldHost={host}(127.0.0.1)", f"SlurmctldPort={_free_port()}",
-            f"SlurmdPort={_free_port()}", "SlurmUser=root", "AuthType=auth/munge", "CredType=cred/munge",
+            "ClusterName=amvltest", f"SlurmctldHost={host}(127.0.0.1)", f"SlurmctldPort={free_port()}",
+            f"SlurmdPort={free_port()}", "SlurmUser=root", "AuthType=auth/munge", "CredType=cred/munge",
             f"AuthInfo=socket={self.socket}", "MpiDefault=none", "ProctrackType=proctrack/linuxproc",
             "TaskPlugin=task/none", "SelectType=select/cons_tres", "SelectTypeParameters=CR_CPU_Memory",
             "ReturnToService=2", "MinJobAge=3600", "SlurmdParameters=config_overrides", "SchedulerParameters=sched_interval=2",

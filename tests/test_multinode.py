@@ -12,7 +12,6 @@ checkpoint folder, which on real nodes must be a shared filesystem; here both "n
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -23,7 +22,7 @@ import torch
 from conftest import BIN, REPO, tool_env
 
 from amvl.config import stage_config, validate
-from amvl.distributed import load_fp32_state_dict
+from amvl.distributed import free_port, load_fp32_state_dict
 from amvl.model.latent import LatentReasoner
 from amvl.stages import prepare
 
@@ -64,12 +63,6 @@ def save_or_hold(engine, checkpoint_dir, step, keep, rank=0):
 train.save_checkpoint = save_or_hold
 sys.exit(cli.main())
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def child_env(**extra) -> dict:

@@ -1,3 +1,4 @@
+import functools
 import json
 import os
 
@@ -13,19 +14,15 @@ def warm_start(run):
     return [amvl_config.model_folder(config, start)] if start else []
 
 
-_PLANNED = {}
-
-
+@functools.cache
 def slurm_jobs():
     """Each job's SLURM resources by (stage, run) and "other" (amvl/cluster.py), or None where
     Snakemake runs the jobs itself. Planned at the first job: Snakemake knows its executor only
     after reading the Snakefile."""
-    if "jobs" not in _PLANNED:
-        try:
-            _PLANNED["jobs"] = amvl_cluster.plan(config, GPUS, EVAL_GPUS) if amvl_cluster.on_slurm(workflow) else None
-        except ConfigError as error:
-            sys.exit(f"config error: {error}")
-    return _PLANNED["jobs"]
+    try:
+        return amvl_cluster.plan(config, GPUS, EVAL_GPUS) if amvl_cluster.on_slurm(workflow) else None
+    except ConfigError as error:
+        sys.exit(f"config error: {error}")
 
 
 def slurm_job(stage, w):
