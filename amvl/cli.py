@@ -62,13 +62,25 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_args(p, with_run=True)
     p.add_argument(
         "--model", type=Path, required=True,
-        help="model folder written by `amvl convert`, or a Hugging Face Qwen2.5-VL / Qwen2-VL folder (zero-shot)",
+        help="model folder written by `amvl convert`, or a Hugging Face Qwen2.5-VL / Qwen2-VL / Qwen3-VL folder (zero-shot)",
     )  # fmt: skip
     p.add_argument("--data", type=Path, required=True, help="prepared dataset folder")
     p.add_argument("--benchmark", help="the prepared folder is this benchmark of config `benchmarks` (vstar, ...)")
     p.add_argument("--out", type=Path, required=True, help="results folder, e.g. results/amvl")
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--limit", type=int, help="questions per subtask, for a quick look (overrides evaluate.limit)")
+
+    p = sub.add_parser("ask", help="ask a model folder one question about images; prints its answer")
+    p.add_argument("question", help="the question, as text")
+    p.add_argument(
+        "--model", type=Path, required=True,
+        help="model folder written by `amvl convert`, or a Hugging Face Qwen2.5-VL / Qwen2-VL / Qwen3-VL folder",
+    )  # fmt: skip
+    p.add_argument("--image", type=Path, action="append", required=True, help="an image file; repeat for several, in order")
+    p.add_argument("--choices", nargs="+", metavar="OPTION", help="the options, asked as BLINK asks them: (A) .. (B) ..")
+    p.add_argument("--latents", action="store_true", help="also what each latent slot holds (prior sigma, readout)")
+    p.add_argument("--max-new-tokens", type=int, default=64, help="answer length limit (default 64)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
 
     p = sub.add_parser("data", help="look at datasets")
     data = p.add_subparsers(dest="data_command", required=True)
@@ -121,6 +133,13 @@ def inspect_data(args) -> int:
 def dispatch(args) -> int:
     if args.stage == "data":
         return inspect_data(args)
+    if args.stage == "ask":
+        from amvl.ask import load, open_image
+
+        images = [open_image(path) for path in args.image]  # a bad path stops before a model loads
+        model = load(args.model, args.device)
+        print(model.ask(images, args.question, args.choices, args.max_new_tokens, args.latents))
+        return 0
     if args.stage == "restamp":
         from amvl.restamp import restamp
 

@@ -83,3 +83,33 @@ def released_model(prepared_data, tmp_path_factory) -> Path:
     tokenizer.save_pretrained(folder)
     build_image_processor(84).save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def released_families(prepared_data, tmp_path_factory) -> dict[str, Path]:
+    """A tiny random Qwen2-VL and Qwen3-VL, each saved in its family's released layout: weights by
+    save_pretrained, the end tokens of the release's generation_config (<|im_end|>, <|endoftext|>),
+    a tokenizer without slot tokens and a preprocessor_config.json as the release writes it (Qwen3-VL:
+    16-pixel patches, its chat template in chat_template.json, the processor's file, with no system turn)."""
+    import json
+
+    from amvl.data.blink import read_split
+    from amvl.model.backbone import IM_END, PAD, QWEN3_CHAT_TEMPLATE, build_image_processor, build_small_qwen, build_tokenizer
+
+    rows = read_split(prepared_data / "train.parquet")
+    folders = {}
+    for family in ("qwen2_vl", "qwen3_vl"):
+        folder = folders[family] = tmp_path_factory.mktemp(f"{family}-tiny")
+        tokenizer = build_tokenizer([r["prompt"] + r["answer"] for r in rows], 320, 0, family)
+        backbone = build_small_qwen(Section(validate({"model": {"family": family}})).model, tokenizer)
+        backbone.generation_config.eos_token_id = tokenizer.convert_tokens_to_ids([IM_END, PAD])
+        backbone.save_pretrained(folder)
+        processor = build_image_processor(84, family).to_dict()
+        processor["image_processor_type"] = "Qwen2VLImageProcessorFast"  # the class the release names
+        if family == "qwen3_vl":
+            tokenizer.chat_template = None
+            (folder / "chat_template.json").write_text(json.dumps({"chat_template": QWEN3_CHAT_TEMPLATE}))
+            processor["processor_class"] = "Qwen3VLProcessor"
+        tokenizer.save_pretrained(folder)
+        (folder / "preprocessor_config.json").write_text(json.dumps(processor))
+    return folders

@@ -1,4 +1,5 @@
-"""The latent model's passes: cache reuse, layouts, baselines, inference paths agree with training."""
+"""The latent model's passes: cache reuse, layouts, baselines, inference paths agree with training;
+the first three for every backbone family (amvl/model/families/)."""
 
 import pytest
 import torch
@@ -7,19 +8,29 @@ from amvl.config import Section, validate
 from amvl.data.blink import read_split
 from amvl.data.collate import collate, encode
 from amvl.model.backbone import build_image_processor, build_small_qwen, build_tokenizer
+from amvl.model.families import FAMILIES
 from amvl.model.latent import wrap_backbone
+
+
+def tokenized(prepared_data, family: str):
+    rows = read_split(prepared_data / "val.parquet")
+    tokenizer = build_tokenizer([r["prompt"] + r["answer"] for r in rows], 320, 4, family)
+    image_processor = build_image_processor(rows[0]["images"][0].width, family)
+    return tokenizer, [encode(r, tokenizer, image_processor) for r in rows], family
 
 
 @pytest.fixture(scope="module")
 def data(prepared_data):
-    rows = read_split(prepared_data / "val.parquet")
-    tokenizer = build_tokenizer([r["prompt"] + r["answer"] for r in rows], 320, 4)
-    image_processor = build_image_processor(rows[0]["images"][0].width)
-    return tokenizer, [encode(r, tokenizer, image_processor) for r in rows]
+    return tokenized(prepared_data, "qwen2_5_vl")
 
 
-def make_model(tokenizer, slot_kind="latent", layout="suffix"):
-    cfg = Section(validate({"model": {"vocab_size": 320, "posterior_layout": layout}}))
+@pytest.fixture(scope="module", params=list(FAMILIES))
+def family_data(prepared_data, request):
+    return tokenized(prepared_data, request.param)
+
+
+def make_model(tokenizer, slot_kind="latent", layout="suffix", family="qwen2_5_vl"):
+    cfg = Section(validate({"model": {"vocab_size": 320, "posterior_layout": layout, "family": family}}))
     return wrap_backbone(build_small_qwen(cfg.model, tokenizer), tokenizer, cfg.model, slot_kind).eval()
 
 
@@ -32,9 +43,9 @@ def two_images_and_one(examples):
 
 @pytest.mark.parametrize("layout", ["suffix", "pooled"])
 @pytest.mark.parametrize("latents", ["posterior", "prior_mean"])
-def test_prefix_cache_reuse_changes_nothing(data, layout, latents):
-    tokenizer, examples = data
-    model, batch = make_model(tokenizer, layout=layout), collate(two_images_and_one(examples))
+def test_prefix_cache_reuse_changes_nothing(family_data, layout, latents):
+    tokenizer, examples, family = family_data
+    model, batch = make_model(tokenizer, layout=layout, family=family), collate(two_images_and_one(examples))
     outs = []
     for reuse in (True, False):
         model.reuse_prefix_cache = reuse
@@ -50,13 +61,13 @@ def test_prefix_cache_reuse_changes_nothing(data, layout, latents):
 
 @pytest.mark.parametrize("layout", ["suffix", "pooled"])
 @pytest.mark.parametrize("latents", ["posterior", "prior_mean"])
-def test_gradient_checkpointing_keeps_the_prefix_cache_and_changes_no_gradient(data, layout, latents):
+def test_gradient_checkpointing_keeps_the_prefix_cache_and_changes_no_gradient(family_data, layout, latents):
     """Checkpointed layers keep reading x's cache: x runs once in forward and once more in backward
     (the recompute), and every gradient is bit-identical to the run without checkpointing."""
-    tokenizer, examples = data
+    tokenizer, examples, family = family_data
     batch, grads, calls = collate(two_images_and_one(examples)), [], []
     for checkpointing in (False, True):
-        model = make_model(tokenizer, layout=layout).train()
+        model = make_model(tokenizer, layout=layout, family=family).train()
         if checkpointing:
             model.enable_gradient_checkpointing()
         attention = model.backbone.model.language_model.layers[0].self_attn
@@ -79,7 +90,7 @@ def test_gradient_checkpointing_keeps_the_prefix_cache_and_changes_no_gradient(d
 
 
 def test_pooled_posterior_sees_the_answer_and_the_prior_does_not(data):
-    tokenizer, examples = data
+    tokenizer, examples, _ = data
     model = make_model(tokenizer, layout="pooled")
     batch = collate(examples[:2])
     other = dict(batch, answer_ids=[e.choice_ids[-1] if e.answer_index == 0 else e.choice_ids[0] for e in examples[:2]])
@@ -91,11 +102,11 @@ def test_pooled_posterior_sees_the_answer_and_the_prior_does_not(data):
 
 
 @pytest.mark.parametrize("slot_kind, latents", [("latent", "prior_mean"), ("pause", "pause"), ("none", "none")])
-def test_inference_scores_agree_with_the_training_pass(data, slot_kind, latents):
+def test_inference_scores_agree_with_the_training_pass(family_data, slot_kind, latents):
     """score_choices (cache, positions continued by hand) and the training pass (whole layout,
     Qwen's own position index) give the gold answers the same log-likelihood."""
-    tokenizer, examples = data
-    model, chunk = make_model(tokenizer, slot_kind), two_images_and_one(examples)
+    tokenizer, examples, family = family_data
+    model, chunk = make_model(tokenizer, slot_kind, family=family), two_images_and_one(examples)
     scores = model.score_choices(collate(chunk), [e.choice_ids for e in chunk])
     gold = scores[range(len(chunk)), [e.answer_index for e in chunk]]
     with torch.no_grad():
@@ -105,7 +116,7 @@ def test_inference_scores_agree_with_the_training_pass(data, slot_kind, latents)
 
 
 def test_baselines_lay_out_their_slots(data):
-    tokenizer, examples = data
+    tokenizer, examples, _ = data
     pause, plain = make_model(tokenizer, "pause"), make_model(tokenizer, "none")
     batch = collate(examples[:2])
     assert pause.layout(batch["prompt_ids"], None, pause.slot_ids()).k == 4
@@ -115,7 +126,7 @@ def test_baselines_lay_out_their_slots(data):
 
 
 def test_prior_temperature_zero_is_the_mean(data):
-    tokenizer, examples = data
+    tokenizer, examples, _ = data
     model = make_model(tokenizer)
     batch = collate(examples[:3])
     thought = model.think(batch, tau=0.0)
@@ -126,7 +137,7 @@ def test_prior_temperature_zero_is_the_mean(data):
 
 
 def test_generation_is_greedy_batched_and_stops(data):
-    tokenizer, examples = data
+    tokenizer, examples, _ = data
     model = make_model(tokenizer)
     chunk = two_images_and_one(examples)
     together = model.generate(collate(chunk), max_new_tokens=5)

@@ -1,4 +1,4 @@
-"""Wrapping a pretrained Qwen2.5-VL / Qwen2-VL from a local folder (tiny random ones here)."""
+"""Wrapping a pretrained Qwen2.5-VL / Qwen2-VL from a local folder (tiny random ones here; Qwen3-VL: test_families)."""
 
 import pytest
 import torch
@@ -83,7 +83,7 @@ def test_missing_or_foreign_weights_say_what_to_put_where(tmp_path):
         load_pretrained(tmp_path / "nowhere", k=4)
     (tmp_path / "config.json").write_text('{"model_type": "llama"}')
     (tmp_path / "model.safetensors").write_bytes(b"")
-    with pytest.raises(UserError, match="model_type 'llama'; amvl wraps qwen2_5_vl or qwen2_vl"):
+    with pytest.raises(UserError, match="model_type 'llama' is not a family amvl knows; supported: qwen2_5_vl, qwen2_vl, qwen3_vl"):
         load_pretrained(tmp_path, k=4)
 
 

@@ -45,12 +45,13 @@ def chat_prompt(tokenizer, prompt: str, images: int) -> str:
     )
 
 
-def prompt_text(tokenizer, prompt: str, grids: torch.Tensor) -> str:
-    """`chat_prompt` with each image's `<|image_pad|>` repeated once per merged patch of it."""
+def prompt_text(tokenizer, prompt: str, grids: torch.Tensor, merge: int = MERGE) -> str:
+    """`chat_prompt` with each image's `<|image_pad|>` repeated once per merged patch of it (`merge`
+    x `merge` patches, the image processor's merge_size)."""
     pieces = chat_prompt(tokenizer, prompt, len(grids)).split(IMAGE_PAD)
     if len(pieces) != len(grids) + 1:
         raise ValueError(f"the chat template wrote {len(pieces) - 1} {IMAGE_PAD} for {len(grids)} images")
-    pads = [IMAGE_PAD * int(g.prod() // MERGE**2) for g in grids]
+    pads = [IMAGE_PAD * int(g.prod() // merge**2) for g in grids]
     return "".join(piece + pad for piece, pad in zip(pieces, pads + [""]))
 
 
@@ -101,7 +102,7 @@ def encode(row: dict, tokenizer, image_processor, answer_format: str = "letter",
     return Example(
         idx=row["idx"],
         sub_task=row["sub_task"],
-        prompt_ids=tokenizer(prompt_text(tokenizer, row["prompt"], grids)).input_ids,
+        prompt_ids=tokenizer(prompt_text(tokenizer, row["prompt"], grids, image_processor.merge_size)).input_ids,
         answer_ids=answer_ids,
         choice_ids=choice_ids,
         answer_index=answer_index,

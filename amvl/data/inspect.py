@@ -206,7 +206,7 @@ def show_prompts(path: Path, per_subtask: int, model: Path | None = None, instru
     out = [f"prompts as the model is given them ({source}); the answer follows the last line"]
     for split, row in questions(path, per_subtask):
         grids = image_processor(images=row["images"], return_tensors="pt")["image_grid_thw"]
-        text = prompt_text(tokenizer, row["prompt"] + instruction, grids)
+        text = prompt_text(tokenizer, row["prompt"] + instruction, grids, image_processor.merge_size)
         text = re.sub(f"(?:{re.escape(IMAGE_PAD)})+", lambda m: f"{IMAGE_PAD}×{len(m[0]) // len(IMAGE_PAD)}", text)
         out += [f"----- {split} {row['sub_task']} idx={row['idx']} (answer {row['answer']})", text]
     return "\n".join(out)

@@ -1,25 +1,23 @@
-"""Build a small Qwen2.5-VL from config, with a tokenizer and image processor made offline.
+"""Build a small Qwen vision-language model from config, with a tokenizer and image processor
+made offline, or load a released one from a local folder.
 
-The model is the real `transformers` Qwen2.5-VL architecture (vision tower, merger, mRoPE
-decoder) at a size that trains on a laptop CPU. The tokenizer is a byte-level BPE trained on
-the training prompts, with Qwen's chat and vision special tokens plus the latent slot tokens.
+The model is the real `transformers` architecture of its family (`model.family`, default
+Qwen2.5-VL: vision tower, merger, mRoPE decoder; amvl/model/families/) at a size that trains on a
+laptop CPU. The tokenizer is a byte-level BPE trained on the training prompts, with Qwen's chat
+and vision special tokens plus the latent slot tokens.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from transformers import (
-    AutoTokenizer,
-    PreTrainedTokenizerFast,
-    Qwen2_5_VLConfig,
-    Qwen2_5_VLForConditionalGeneration,
-)
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
 from amvl.errors import UserError
+from amvl.model.families import FAMILIES, family
 
-PATCH, MERGE = 14, 2
+PATCH, MERGE = 14, 2  # Qwen2.5-VL's: the released processor's sizes where no folder says otherwise
 PAD, IM_START, IM_END = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
 VISION_START, VISION_END, IMAGE_PAD, VIDEO_PAD = "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"
 QWEN_SPECIALS = [PAD, IM_START, IM_END, VISION_START, VISION_END, IMAGE_PAD, VIDEO_PAD]
@@ -30,11 +28,12 @@ QWEN_SPECIALS = [PAD, IM_START, IM_END, VISION_START, VISION_END, IMAGE_PAD, VID
 # each image as <|vision_start|><|image_pad|><|vision_end|> where the message places it, and the
 # assistant turn opened for the answer. Released Qwen folders carry their own, which is used instead.
 DEFAULT_SYSTEM = "You are a helpful assistant."
-QWEN_CHAT_TEMPLATE = (
-    "{% for message in messages %}"
+SYSTEM_TURN = (
     "{% if loop.first and message['role'] != 'system' %}"
     "<|im_start|>system\n" + DEFAULT_SYSTEM + "<|im_end|>\n{% endif %}"
-    "<|im_start|>{{ message['role'] }}\n"
+)
+QWEN_CHAT_TEMPLATE = (
+    "{% for message in messages %}" + SYSTEM_TURN + "<|im_start|>{{ message['role'] }}\n"
     "{% if message['content'] is string %}{{ message['content'] }}"
     "{% else %}{% for part in message['content'] %}"
     "{% if part['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
@@ -43,6 +42,8 @@ QWEN_CHAT_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
+# Qwen3-VL's format: the same turns, no default system turn.
+QWEN3_CHAT_TEMPLATE = QWEN_CHAT_TEMPLATE.replace(SYSTEM_TURN, "")
 
 
 def slot_tokens(k: int) -> tuple[list[str], list[str]]:
@@ -50,8 +51,9 @@ def slot_tokens(k: int) -> tuple[list[str], list[str]]:
     return [f"<|prior_slot_{i}|>" for i in range(k)], [f"<|posterior_slot_{i}|>" for i in range(k)]
 
 
-def build_tokenizer(corpus: list[str], vocab_size: int, k: int) -> PreTrainedTokenizerFast:
-    """A byte-level BPE trained on `corpus` (deterministic, well under a second)."""
+def build_tokenizer(corpus: list[str], vocab_size: int, k: int, model_family: str = "qwen2_5_vl") -> PreTrainedTokenizerFast:
+    """A byte-level BPE trained on `corpus` (deterministic, well under a second), carrying the chat
+    template of `model_family`."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     prior, posterior = slot_tokens(k)
@@ -67,20 +69,23 @@ def build_tokenizer(corpus: list[str], vocab_size: int, k: int) -> PreTrainedTok
     # Every prompt starts with the chat template's system turn: its words get merges too.
     bpe.train_from_iterator((DEFAULT_SYSTEM + text for text in corpus), trainer)
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token=IM_END, pad_token=PAD)
-    tokenizer.chat_template = QWEN_CHAT_TEMPLATE  # saved with it: prompts go through the template
+    # saved with it: prompts go through the template
+    tokenizer.chat_template = QWEN_CHAT_TEMPLATE if FAMILIES[model_family].SYSTEM_TURN else QWEN3_CHAT_TEMPLATE
     return tokenizer
 
 
-def build_image_processor(image_size: int) -> Qwen2VLImageProcessorPil:
-    """Qwen2-VL's PIL image processor with explicit settings (no hub, no torchvision).
+def build_image_processor(image_size: int, model_family: str = "qwen2_5_vl") -> Qwen2VLImageProcessorPil:
+    """Qwen2-VL's PIL image processor (every family's) with explicit settings (no hub, no
+    torchvision), at `model_family`'s patch size.
 
     Images keep their size up to 4x the benchmark's pixel count, so one 14-pixel cell is one patch.
     """
+    patch = FAMILIES[model_family].PATCH
     return Qwen2VLImageProcessorPil(
-        patch_size=PATCH,
+        patch_size=patch,
         merge_size=MERGE,
         temporal_patch_size=2,
-        min_pixels=(PATCH * MERGE) ** 2,
+        min_pixels=(patch * MERGE) ** 2,
         max_pixels=4 * image_size * image_size,
         image_mean=[0.5, 0.5, 0.5],
         image_std=[0.5, 0.5, 0.5],
@@ -94,41 +99,31 @@ def mrope_sections(head_dim: int) -> list[int]:
     return [half - 2 * spatial, spatial, spatial]
 
 
-def build_small_qwen(model_cfg, tokenizer: PreTrainedTokenizerFast) -> Qwen2_5_VLForConditionalGeneration:
-    """A randomly initialised Qwen2.5-VL of the size in the `model` config section."""
+def build_small_qwen(model_cfg, tokenizer: PreTrainedTokenizerFast):
+    """A randomly initialised model of `model_cfg.family` (Qwen2.5-VL by default) of the size in
+    the `model` config section."""
     import torch
 
     hidden, heads = model_cfg.hidden_size, model_cfg.heads
     ids = {token: tokenizer.convert_tokens_to_ids(token) for token in QWEN_SPECIALS}
-    config = Qwen2_5_VLConfig(
-        text_config=dict(
-            vocab_size=len(tokenizer),
-            hidden_size=hidden,
-            intermediate_size=model_cfg.intermediate_size,
-            num_hidden_layers=model_cfg.layers,
-            num_attention_heads=heads,
-            num_key_value_heads=model_cfg.kv_heads,
-            max_position_embeddings=4096,
-            rope_parameters={
-                "rope_type": "default",
-                "rope_theta": 1e4,
-                "mrope_section": mrope_sections(hidden // heads),
-            },
-            bos_token_id=None,
-            eos_token_id=ids[IM_END],
-            pad_token_id=ids[PAD],
-        ),
-        vision_config=dict(
-            depth=model_cfg.vision_depth,
-            hidden_size=hidden,
-            intermediate_size=2 * hidden,
-            num_heads=heads,
-            out_hidden_size=hidden,
-            fullatt_block_indexes=[model_cfg.vision_depth - 1],
-            patch_size=PATCH,
-            spatial_merge_size=MERGE,
-            temporal_patch_size=2,
-        ),
+    text = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=model_cfg.intermediate_size,
+        num_hidden_layers=model_cfg.layers,
+        num_attention_heads=heads,
+        num_key_value_heads=model_cfg.kv_heads,
+        max_position_embeddings=4096,
+        bos_token_id=None,
+        eos_token_id=ids[IM_END],
+        pad_token_id=ids[PAD],
+    )
+    rope = {"rope_type": "default", "rope_theta": 1e4, "mrope_section": mrope_sections(hidden // heads)}
+    model_family = family(model_cfg.family, "model.family")
+    config = model_family.small_config(
+        model_cfg,
+        text,
+        rope,
         image_token_id=ids[IMAGE_PAD],
         video_token_id=ids[VIDEO_PAD],
         vision_start_token_id=ids[VISION_START],
@@ -137,7 +132,7 @@ def build_small_qwen(model_cfg, tokenizer: PreTrainedTokenizerFast) -> Qwen2_5_V
         attn_implementation=check_attn_implementation(model_cfg.attn_implementation),
     )
     torch.manual_seed(model_cfg.init_seed)
-    return Qwen2_5_VLForConditionalGeneration(config)
+    return model_family.MODEL_CLASS(config)
 
 
 def check_attn_implementation(name: str) -> str:
@@ -149,12 +144,9 @@ def check_attn_implementation(name: str) -> str:
     return name
 
 
-PRETRAINED_TYPES = ("qwen2_5_vl", "qwen2_vl")
-
-
 def pretrained_config(folder: Path, key: str = "model.pretrained_path") -> dict:
-    """The config.json of a Hugging Face Qwen2.5-VL / Qwen2-VL folder; UserError, naming `key`,
-    where the folder holds no such model."""
+    """The config.json of a Hugging Face folder of a family amvl wraps (amvl/model/families/);
+    UserError, naming `key`, where the folder holds no such model."""
     import json
 
     config_file = Path(folder) / "config.json"
@@ -164,15 +156,13 @@ def pretrained_config(folder: Path, key: str = "model.pretrained_path") -> dict:
             "Qwen/Qwen2.5-VL-7B-Instruct (its Hugging Face repo, with tokenizer and preprocessor files) there"
         )
     config = json.loads(config_file.read_text())
-    if config.get("model_type") not in PRETRAINED_TYPES:
-        raise UserError(
-            f"{config_file}: model_type {config.get('model_type')!r}; amvl wraps {' or '.join(PRETRAINED_TYPES)}"
-        )
+    family(config.get("model_type"), str(config_file))
     return config
 
 
 def load_pretrained(folder: Path, k: int, dtype=None, attn_implementation: str = "sdpa"):
-    """A local Qwen2.5-VL / Qwen2-VL folder -> (backbone, tokenizer, image processor), with the
+    """A local Hugging Face folder of a family amvl wraps (Qwen2.5-VL, Qwen2-VL, Qwen3-VL)
+    -> (backbone, tokenizer, image processor), with the
     2k slot tokens added to the tokenizer and both embedding tables. `dtype` is the training
     precision: loading in it directly keeps each rank from holding a float32 copy first.
 

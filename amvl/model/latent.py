@@ -1,4 +1,5 @@
-"""A Qwen2.5-VL (or Qwen2-VL) that thinks in k continuous latent slots before it answers.
+"""A Qwen vision-language model (Qwen2.5-VL, Qwen2-VL or Qwen3-VL: amvl/model/families/) that thinks
+in k continuous latent slots before it answers.
 
 Training (posterior layout `suffix`, docs/METHOD.md section 2) lays a batch out as
 
@@ -283,7 +284,8 @@ class LatentReasoner(nn.Module):
         """Final hidden states of columns [start, stop); `cache` holds columns [0, start)."""
         device = embeds.device
         out = self.backbone.model(
-            input_ids=layout.ids[:, start:stop].to(device),
+            # Embeddings alone (every family finds its image tokens by their embedding; Qwen3-VL
+            # refuses input_ids beside them), with positions and image features given.
             inputs_embeds=embeds[:, start:stop],
             attention_mask=layout.attention_mask[:, :stop].to(device),
             position_ids=positions[..., start:stop],
@@ -610,7 +612,7 @@ class LatentReasoner(nn.Module):
             if not (folder / name).exists():
                 raise UserError(
                     f"{folder}: missing {name}; give a model folder written by `amvl convert`, "
-                    "or a Hugging Face Qwen2.5-VL / Qwen2-VL folder"
+                    "or a Hugging Face Qwen2.5-VL / Qwen2-VL / Qwen3-VL folder"
                 )
         cfg = LatentConfig(**json.loads((folder / LATENT_CONFIG).read_text()))
         dtype = dtype or PRECISIONS[cfg.precision]
@@ -626,7 +628,7 @@ class LatentReasoner(nn.Module):
 
     @classmethod
     def load_plain(cls, folder: Path, device="cpu", dtype: torch.dtype | None = None) -> "LatentReasoner":
-        """A Hugging Face Qwen2.5-VL / Qwen2-VL folder as released (a base model evaluated zero-shot,
+        """A Hugging Face Qwen2.5-VL / Qwen2-VL / Qwen3-VL folder as released (a base model evaluated zero-shot,
         or anyone's fine-tune): no slots, answers as BLINK writes them, in the folder's own dtype."""
         from amvl.model.backbone import load_processors, pretrained_config
 

@@ -8,7 +8,7 @@ evaluate.instruction. `evaluate.mode`:
   place of the official GPT matcher);
 - `likelihood`: the option whose answer ("(A)", or "(A) <option>") has the highest log-likelihood.
 
-The model is a folder written by `amvl convert`, or a Hugging Face Qwen2.5-VL / Qwen2-VL folder
+The model is a folder written by `amvl convert`, or a Hugging Face Qwen2.5-VL / Qwen2-VL / Qwen3-VL folder
 evaluated as it is (zero-shot). Under a launcher (evaluate.launcher) the batches are dealt out
 over the processes and rank 0 writes what one process would.
 

@@ -93,7 +93,7 @@ def readout_vocab(cfg: Section, backbone, slot_kind: str) -> int:
 
 def build(cfg: Section, rows: list[dict], run_dir: Path, slot_kind: str, write: bool = True):
     """Tokenizer, image processor and model: a small one, deterministic from the config and the
-    data, or a pretrained Qwen2.5-VL / Qwen2-VL from a local folder."""
+    data, or a pretrained model of a family amvl wraps from a local folder."""
     if cfg.model.backbone == "pretrained":
         # Straight into the training precision: a bf16 7B is 16.6 GB per rank, not 33 GB of fp32
         # that DeepSpeed would cast afterwards (the same bf16 values either way).
@@ -106,8 +106,8 @@ def build(cfg: Section, rows: list[dict], run_dir: Path, slot_kind: str, write: 
         torch.manual_seed(cfg.model.init_seed)  # the new modules' initialisation (a small backbone seeds its own)
     else:
         corpus = [row["prompt"] + row["answer"] + row.get("explanation", "") for row in rows]
-        tokenizer = build_tokenizer(corpus, cfg.model.vocab_size, cfg.model.latent_slots)
-        image_processor = build_image_processor(max(image.width for image in rows[0]["images"]))
+        tokenizer = build_tokenizer(corpus, cfg.model.vocab_size, cfg.model.latent_slots, cfg.model.family)
+        image_processor = build_image_processor(max(image.width for image in rows[0]["images"]), cfg.model.family)
         backbone = build_small_qwen(cfg.model, tokenizer)  # initialised in fp32 whatever the precision
     vocab = readout_vocab(cfg, backbone, slot_kind)
     model = wrap_backbone(backbone, tokenizer, cfg.model, slot_kind, cfg.train.precision, rationale_vocab=vocab)
