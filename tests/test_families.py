@@ -52,6 +52,7 @@ def test_an_unknown_or_refused_family_is_one_line(tmp_path, prepared_data):
         (tmp_path / "config.json").write_text(json.dumps({"model_type": model_type}))
         with pytest.raises(UserError, match=f"model_type '{model_type}' .*{why}.*; supported: qwen2_5_vl, qwen2_vl, qwen3_vl"):
             load_pretrained(tmp_path, k=2)
+    Image.new("RGB", (32, 32)).save(tmp_path / "a.png")  # a good image: the model folder is what fails
     result = run_tool(["amvl", "ask", "--model", str(tmp_path), "--image", "a.png", "Why?"], tmp_path, check=False)
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1 and "llava" in result.stderr
     with pytest.raises(ConfigError, match="model.family"):
